@@ -1,0 +1,209 @@
+"""Frozen configuration records.
+
+ModelConfig says what the network is (read once from a checkpoint's config.json, in any of
+the spellings transformers 4.x and 5.x write); BuildConfig says what an engine is specialised
+for. Both validate at construction and name the offending field, its limit and the fix.
+Derived values are properties. Nothing here imports the runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ingot.errors import ConfigError
+
+DTYPES = ("fp32", "fp16", "bf16")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+_TORCH_DTYPE_NAMES = {
+    "float32": "fp32", "float": "fp32", "fp32": "fp32",
+    "float16": "fp16", "half": "fp16", "fp16": "fp16",
+    "bfloat16": "bf16", "bf16": "bf16",
+}
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def normalize_dtype(name: str, *, field_name: str = "dtype") -> str:
+    """'bfloat16' / 'torch.bfloat16' / 'bf16' -> 'bf16'."""
+    key = str(name).removeprefix("torch.").lower()
+    if key not in _TORCH_DTYPE_NAMES:
+        raise ConfigError(f"{field_name}={name!r} is not a supported dtype; use one of {', '.join(DTYPES)}")
+    return _TORCH_DTYPE_NAMES[key]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a decoder-only transformer of the Llama family."""
+
+    architecture: str  # the HF architecture name, e.g. "LlamaForCausalLM"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "llama3", "factor": 8.0, ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2, or Llama with attention_bias
+    o_bias: bool = False  # Llama with attention_bias
+    mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rotary
+    sliding_window: int | None = None  # Mistral v0.1: attend to at most this many past tokens
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    checkpoint_dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+            _require(getattr(self, name) > 0, f"model config: {name}={getattr(self, name)} must be > 0")
+        _require(self.num_heads % self.num_kv_heads == 0,
+                 f"model config: num_attention_heads={self.num_heads} must be a multiple of "
+                 f"num_key_value_heads={self.num_kv_heads}")
+        _require(self.head_dim % 2 == 0, f"model config: head_dim={self.head_dim} must be even for rotary")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        _require(rope_type in ROPE_TYPES,
+                 f"model config: rope_scaling.rope_type={rope_type!r} is not supported; "
+                 f"supported: {', '.join(ROPE_TYPES)}")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def num_params(self) -> int:
+        attn = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * (attn + mlp + 2 * self.hidden_size) + embed + self.hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        data["eos_token_ids"] = tuple(data.get("eos_token_ids") or ())
+        return cls(**data)
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        """Read a transformers config.json (4.x or 5.x spellings)."""
+        archs = hf.get("architectures") or []
+        _require(len(archs) == 1, f"config.json: 'architectures' must name one architecture, got {archs!r}")
+        arch = archs[0]
+        num_heads = hf["num_attention_heads"]
+        rope_theta, rope_scaling = _read_rope(hf)
+        eos = hf.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        attention_bias = bool(hf.get("attention_bias", False))
+        is_qwen2 = arch == "Qwen2ForCausalLM"
+        sliding = hf.get("sliding_window")
+        if is_qwen2 or arch == "Qwen3ForCausalLM":
+            sliding = sliding if hf.get("use_sliding_window", False) else None
+        return cls(
+            architecture=arch,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=is_qwen2 or attention_bias,
+            o_bias=attention_bias and not is_qwen2,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            qk_norm=arch == "Qwen3ForCausalLM",
+            sliding_window=sliding,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            checkpoint_dtype=normalize_dtype(hf.get("dtype") or hf.get("torch_dtype") or "float32",
+                                             field_name="config.json torch_dtype"),
+        )
+
+
+def _read_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """transformers 4.x: rope_theta + rope_scaling; 5.x: rope_parameters holding both."""
+    params = hf.get("rope_parameters")
+    if params:
+        params = dict(params)
+        theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else None
+    else:
+        theta = hf.get("rope_theta", 10000.0)
+        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None
+    if scaling is not None:
+        scaling.setdefault("rope_type", scaling.pop("type", "default"))
+        scaling.pop("type", None)
+        if scaling["rope_type"] == "default":
+            scaling = None
+    return float(theta), scaling
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What an engine is specialised for; frozen into engine.json."""
+
+    dtype: str = "auto"  # auto: bf16 on CUDA (fp16 if the checkpoint is fp16), fp32 on CPU
+    max_batch_size: int = 64
+    max_input_len: int = 2048
+    max_seq_len: int = 4096
+    max_num_tokens: int = 2048
+    tokens_per_block: int = 16
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto":
+            object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0,
+                     f"build config: {name}={value!r} must be a positive integer")
+        _require(self.max_input_len <= self.max_seq_len,
+                 f"build config: max_input_len={self.max_input_len} must be <= max_seq_len={self.max_seq_len}")
+        _require(self.tokens_per_block & (self.tokens_per_block - 1) == 0,
+                 f"build config: tokens_per_block={self.tokens_per_block} must be a power of two")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Run-time choice of how much memory the paged KV cache takes."""
+
+    gpu_memory_fraction: float = 0.9  # of free device memory, on CUDA
+    max_cache_bytes: int | None = None  # a byte cap; on CPU the default is 1 GiB
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.gpu_memory_fraction <= 1.0,
+                 f"cache config: gpu_memory_fraction={self.gpu_memory_fraction} must be in (0, 1]")
+        _require(self.max_cache_bytes is None or self.max_cache_bytes > 0,
+                 f"cache config: max_cache_bytes={self.max_cache_bytes} must be > 0")
+
+
+__all__ = ["ModelConfig", "BuildConfig", "CacheConfig", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]

@@ -1,0 +1,65 @@
+"""SamplingParams: what a request asks of the sampler and of the stop checks.
+
+Defaults and meanings follow vLLM / the OpenAI API so that users find what they expect.
+Validation happens once, here, and names the field, its range and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ingot.errors import RequestError
+
+# Below this temperature sampling is treated as greedy (argmax): dividing logits by ~0
+# overflows, and the distribution is a point mass anyway.
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0  # 0 or -1: no top-k filtering
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in prompt or output (CTRL-style)
+    presence_penalty: float = 0.0  # subtracted once from a token's logit if it appeared in the output
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the output
+    seed: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None  # number of top alternatives to return per token; 0 = only the chosen
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids)
+        self._check("max_tokens", self.max_tokens >= 1, ">= 1")
+        self._check("temperature", self.temperature >= 0.0, ">= 0 (0 means greedy)")
+        self._check("top_k", self.top_k == -1 or self.top_k >= 0, "-1, 0 (off) or a positive count")
+        self._check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]")
+        self._check("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]")
+        self._check("repetition_penalty", self.repetition_penalty > 0.0, "> 0 (1 means off)")
+        self._check("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "in [-2, 2]")
+        self._check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]")
+        self._check("n", self.n >= 1, ">= 1")
+        self._check("logprobs", self.logprobs is None or self.logprobs >= 0, ">= 0")
+        self._check("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
+
+    def _check(self, name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise RequestError(f"SamplingParams.{name}={getattr(self, name)!r} is invalid: must be {allowed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def effective_top_k(self) -> int:
+        """0 when top-k is off."""
+        return max(self.top_k, 0)
