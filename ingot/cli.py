@@ -1,0 +1,47 @@
+"""The `ingot` command. Each verb lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ingot.errors import IngotError
+
+# Modules that each add one or more verbs; imported lazily-light (argparse only at import).
+_VERB_MODULES = (
+    "ingot.commands.build",
+    "ingot.commands.run",
+    "ingot.commands.inspect",
+    "ingot.plan.cli",
+)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="ingot", description="Build and run LLM inference engines.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a verb whose module is not in this checkout yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except IngotError as exc:
+        print(f"ingot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
