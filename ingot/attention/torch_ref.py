@@ -1,0 +1,48 @@
+"""The reference backend in plain torch: runs on CPU and CUDA, one sequence at a time.
+
+It is the definition the Triton kernels are tested against, so it favours clarity: gather a
+sequence's context from its blocks, build the causal (and sliding-window) mask, call SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ingot.attention.base import AttentionBackend, write_kv
+from ingot.attention.metadata import AttentionMetadata
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(self, q, k, v, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
+        write_kv(kv_cache, k, v, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        starts = metadata.query_start_loc_cpu
+        block_size = kv_cache.shape[2]
+        for i, seq_len in enumerate(metadata.seq_lens_cpu):
+            lo, hi = starts[i], starts[i + 1]
+            num_blocks = -(-seq_len // block_size)
+            blocks = metadata.block_tables[i, :num_blocks]
+            keys = kv_cache[0, blocks].flatten(0, 1)[:seq_len]  # (seq_len, num_kv_heads, head_dim)
+            values = kv_cache[1, blocks].flatten(0, 1)[:seq_len]
+            out[lo:hi] = _attend(q[lo:hi], keys, values, scale, sliding_window)
+        return out
+
+
+def _attend(q, keys, values, scale, sliding_window):
+    """q: (n, H, D) are the last n positions of a context of len(keys) tokens."""
+    n, num_heads, _ = q.shape
+    ctx = keys.shape[0]
+    group = num_heads // keys.shape[1]
+    q_pos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)  # (n, 1)
+    k_pos = torch.arange(ctx, device=q.device).unsqueeze(0)  # (1, ctx)
+    allowed = k_pos <= q_pos
+    if sliding_window is not None:
+        allowed &= k_pos > q_pos - sliding_window
+    qh = q.transpose(0, 1)  # (H, n, D)
+    kh = keys.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)  # (H, ctx, D)
+    vh = values.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed, scale=scale)
+    return out.transpose(0, 1)

@@ -1,0 +1,141 @@
+"""The engine directory and its engine.json.
+
+    engines/NAME/
+        engine.json           written last: its presence means the build completed
+        rank0.safetensors     weights in the runtime layout (fused, cast), one file per rank
+        tokenizer.json, tokenizer_config.json, ...
+
+engine.json records what was frozen at build time: format version, model config, build
+config, the resolved dtype, the parallel mapping, the target device and the software versions.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingot.config import BuildConfig, ModelConfig
+from ingot.errors import EngineError
+
+FORMAT_VERSION = 1
+ENGINE_JSON = "engine.json"
+
+
+@dataclass(frozen=True)
+class TargetDevice:
+    """cpu, or a CUDA device by name and compute capability ("9.0" for Hopper)."""
+
+    kind: str  # "cpu" | "cuda"
+    name: str = "cpu"
+    capability: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "cpu":
+            return "cpu"
+        return f"cuda {self.name} (compute capability {self.capability})"
+
+    def compatible_with(self, other: "TargetDevice") -> bool:
+        """Same device kind and, for CUDA, the same architecture (an H100 engine runs on an H200)."""
+        return self.kind == other.kind and self.capability == other.capability
+
+
+def current_device(device: str | None = None) -> TargetDevice:
+    import torch
+
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind.startswith("cuda"):
+        index = torch.device(kind).index or 0
+        major, minor = torch.cuda.get_device_capability(index)
+        return TargetDevice("cuda", torch.cuda.get_device_name(index), f"{major}.{minor}")
+    if kind != "cpu":
+        raise EngineError(f"device={device!r} is not supported; use 'cpu' or 'cuda[:N]'")
+    return TargetDevice("cpu")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model: ModelConfig
+    build: BuildConfig
+    dtype: str  # resolved: fp32 | fp16 | bf16
+    target: TargetDevice
+    parallel: dict[str, int] = field(default_factory=lambda: {"tp": 1, "pp": 1})
+    versions: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    build_seconds: float = 0.0
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model": self.model.to_dict(),
+            "build": self.build.to_dict(),
+            "dtype": self.dtype,
+            "target": {"kind": self.target.kind, "name": self.target.name,
+                       "capability": self.target.capability},
+            "parallel": self.parallel,
+            "versions": self.versions,
+            "source": self.source,
+            "build_seconds": round(self.build_seconds, 3),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EngineSpec":
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            build=BuildConfig.from_dict(data["build"]),
+            dtype=data["dtype"],
+            target=TargetDevice(**data["target"]),
+            parallel=data.get("parallel", {"tp": 1, "pp": 1}),
+            versions=data.get("versions", {}),
+            source=data.get("source", ""),
+            build_seconds=data.get("build_seconds", 0.0),
+            format_version=data["format_version"],
+        )
+
+
+def software_versions() -> dict[str, str]:
+    import safetensors
+    import torch
+
+    import ingot
+
+    return {"ingot": ingot.__version__, "torch": torch.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def write_spec(directory: Path, spec: EngineSpec) -> None:
+    (directory / ENGINE_JSON).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+
+
+def read_spec(directory: str | Path) -> EngineSpec:
+    """Read and check engine.json; the message says what is wrong and how to rebuild."""
+    directory = Path(directory)
+    path = directory / ENGINE_JSON
+    if not directory.is_dir():
+        raise EngineError(f"engine directory {directory} does not exist; build one with `ingot build MODEL -o {directory}`")
+    if not path.is_file():
+        raise EngineError(f"{directory} is not an engine: it has no {ENGINE_JSON} (an unfinished build never "
+                          f"writes one); rebuild with `ingot build MODEL -o {directory}`")
+    try:
+        data = json.loads(path.read_text())
+        version = data["format_version"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EngineError(f"{path} is corrupt ({exc}); rebuild the engine") from exc
+    if version != FORMAT_VERSION:
+        raise EngineError(f"{directory} has engine format version {version}, this ingot reads version "
+                          f"{FORMAT_VERSION}; rebuild it with this ingot (`ingot build`)")
+    try:
+        return EngineSpec.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngineError(f"{path} is corrupt ({exc}); rebuild the engine") from exc
+
+
+def check_target(spec: EngineSpec, here: TargetDevice, directory: Path | str = "") -> None:
+    if not spec.target.compatible_with(here):
+        raise EngineError(
+            f"engine {directory} was built for {spec.target.describe()}, but this machine runs it on "
+            f"{here.describe()}; rebuild it here with `ingot build {spec.source or 'MODEL'} -o DIR`"
+        )

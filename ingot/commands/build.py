@@ -1,0 +1,39 @@
+"""`ingot build MODEL -o DIR`: convert a checkpoint into an engine."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ingot.config import BuildConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("build", help="build an engine from a checkpoint folder, a .gguf file or a preset",
+                              description="Build an engine. MODEL is a Hugging Face folder, a .gguf file, or "
+                                          "a shipped preset (smollm2).")
+    p.add_argument("model", help="checkpoint folder, .gguf file, or preset name")
+    p.add_argument("-o", "--output", required=True, help="engine directory to write")
+    defaults = BuildConfig()
+    p.add_argument("--dtype", default=defaults.dtype, choices=["auto", "bf16", "fp16", "fp32"],
+                   help="weight and activation precision (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    p.add_argument("--max-input-len", type=int, default=defaults.max_input_len)
+    p.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
+    p.add_argument("--max-num-tokens", type=int, default=defaults.max_num_tokens)
+    p.add_argument("--tokens-per-block", type=int, default=defaults.tokens_per_block)
+    p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingot.builder.build import build_engine
+
+    config = BuildConfig(dtype=args.dtype, max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
+                         max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
+                         tokens_per_block=args.tokens_per_block)
+    started = time.perf_counter()
+    spec = build_engine(args.model, args.output, config, device=args.device)
+    print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
+          f"{spec.target.describe()}, in {time.perf_counter() - started:.1f} s")
+    return 0

@@ -1,0 +1,50 @@
+"""`ingot inspect ENGINE`: what was frozen at build time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="show what an engine froze: model, envelope, precision, device")
+    p.add_argument("engine", help="engine directory")
+    p.add_argument("--json", action="store_true", help="print engine.json plus the weight list as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safetensors import safe_open
+
+    from ingot.builder.engine_format import read_spec
+
+    spec = read_spec(args.engine)
+    weights_path = Path(args.engine) / "rank0.safetensors"
+    with safe_open(str(weights_path), framework="pt") as f:
+        weights = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    if args.json:
+        print(json.dumps({**spec.to_json(), "weights": weights}, indent=2))
+        return 0
+    for line in describe(spec, weights, weights_path.stat().st_size):
+        print(line)
+    return 0
+
+
+def describe(spec, weights: dict[str, list[int]], weight_bytes: int) -> list[str]:
+    m, b = spec.model, spec.build
+    rope = m.rope_scaling.get("rope_type") if m.rope_scaling else "default"
+    return [
+        f"engine format  {spec.format_version}   built from {spec.source} in {spec.build_seconds:.1f} s",
+        f"target         {spec.target.describe()}",
+        f"model          {m.architecture}: {m.num_layers} layers, hidden {m.hidden_size}, heads {m.num_heads} "
+        f"(kv {m.num_kv_heads}, head_dim {m.head_dim}), mlp {m.intermediate_size}, vocab {m.vocab_size}",
+        f"               rope theta {m.rope_theta:g} ({rope}), tied embeddings {m.tie_word_embeddings}, "
+        f"qkv bias {m.qkv_bias}, qk norm {m.qk_norm}, sliding window {m.sliding_window}",
+        f"precision      {spec.dtype} weights and activations, no quantization",
+        f"envelope       max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, "
+        f"max_seq_len {b.max_seq_len}, max_num_tokens {b.max_num_tokens}, tokens_per_block {b.tokens_per_block}",
+        f"parallel       tp {spec.parallel.get('tp', 1)}, pp {spec.parallel.get('pp', 1)}",
+        f"weights        {len(weights)} tensors, {weight_bytes / 2**20:.1f} MiB (rank0.safetensors)",
+        f"software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
+    ]

@@ -1,0 +1,165 @@
+"""The Llama family: Llama 2/3/3.1, Mistral, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm).
+
+One decoder layer:
+    h = x + o_proj(attn(rope(q), rope(k), v)),  q,k,v = split(qkv_proj(rmsnorm(x)))
+    y = h + down_proj(silu(gate) * up),          gate,up = split(gate_up_proj(rmsnorm(h)))
+The residual stream is carried separately so each RMSNorm fuses the preceding add.
+
+Engine weight names (runtime layout, fused):
+    embed_tokens.weight, norm.weight, lm_head.weight (untied only),
+    layers.{i}.input_layernorm.weight, layers.{i}.post_attention_layernorm.weight,
+    layers.{i}.self_attn.qkv_proj.{weight,bias}   rows [q | k | v]
+    layers.{i}.self_attn.o_proj.{weight,bias}
+    layers.{i}.self_attn.{q_norm,k_norm}.weight   (Qwen3)
+    layers.{i}.mlp.gate_up_proj.{weight,bias}     rows [gate | up]
+    layers.{i}.mlp.down_proj.{weight,bias}
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ingot.attention import AttentionBackend, AttentionMetadata
+from ingot.config import ModelConfig
+from ingot.layers.activation import silu_and_mul
+from ingot.layers.linear import Linear
+from ingot.layers.norm import RMSNorm
+from ingot.layers.rotary import RotaryEmbedding
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.rotary = rotary
+        self.backend = backend
+        self.scale = cfg.head_dim ** -0.5
+
+    def forward(self, positions, x, kv_cache, meta: AttentionMetadata):
+        cfg = self.cfg
+        q, k, v = self.qkv_proj(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q = q.view(-1, cfg.num_heads, cfg.head_dim)  # (T, H, D)
+        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)  # (T, Hkv, D)
+        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale, cfg.sliding_window)
+        return self.o_proj(out.reshape(-1, cfg.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, rotary, backend)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(self, positions, hidden, residual, kv_cache, meta):
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # One rotary table shared by all layers; not a module child of each layer's state dict.
+        rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary, backend) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
+        self.rotary = rotary
+
+    def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
+        """input_ids, positions: (T,) -> final hidden states (T, hidden)."""
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (N, hidden) -> (N, vocab) float32."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+
+# ---- checkpoint (HF names) -> engine (fused runtime layout) ----
+
+_FUSED = {  # HF projection -> (fused engine projection, position in the fused rows)
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0),
+    "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0),
+    "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+_FUSED_PARTS = {"self_attn.qkv_proj": 3, "mlp.gate_up_proj": 2}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def convert_hf_weights(cfg: ModelConfig, hf_tensors):
+    """Yield (engine_name, tensor) from (hf_name, tensor) pairs, fusing q/k/v and gate/up.
+
+    Parts of a fused matrix may arrive in any order (sharded checkpoints); they are held until
+    all parts of that matrix are present, so at most one layer's worth is buffered.
+    """
+    pending: dict[str, dict[int, torch.Tensor]] = {}
+    for name, tensor in hf_tensors:
+        name = name.removeprefix("model.")
+        if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and cfg.tie_word_embeddings):
+            continue
+        fused = _fused_target(name)
+        if fused is None:
+            yield name, tensor
+            continue
+        target, index = fused
+        parts = pending.setdefault(target, {})
+        parts[index] = tensor
+        if len(parts) == _parts_of(target):
+            yield target, torch.cat([parts[i] for i in sorted(parts)], dim=0)
+            del pending[target]
+    if pending:
+        raise KeyError(f"checkpoint is missing parts of fused weights: {sorted(pending)}")
+
+
+def _fused_target(name: str) -> tuple[str, int] | None:
+    # name: layers.{i}.{module}.{proj}.{weight|bias}
+    parts = name.split(".")
+    if len(parts) != 5 or parts[0] != "layers":
+        return None
+    key = f"{parts[2]}.{parts[3]}"
+    if key not in _FUSED:
+        return None
+    fused, index = _FUSED[key]
+    return f"layers.{parts[1]}.{fused}.{parts[4]}", index
+
+
+def _parts_of(target: str) -> int:
+    # target: layers.{i}.{module}.{fused_proj}.{weight|bias}
+    module_proj = ".".join(target.split(".")[2:4])
+    return _FUSED_PARTS[module_proj]

@@ -1,0 +1,69 @@
+"""How many KV blocks the pool gets: from free device memory (CUDA) or a byte cap (CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ingot.builder.engine_format import EngineSpec
+from ingot.config import DTYPE_BYTES, CacheConfig
+from ingot.errors import ConfigError
+from ingot.kv_size import kv_bytes_per_block
+from ingot.runtime.kv_cache import blocks_needed
+
+DEFAULT_CPU_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    num_blocks: int  # including the reserved null block
+    tokens_per_block: int
+    bytes_per_block: int
+    max_seq_len: int
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.num_blocks - 1) * self.tokens_per_block
+
+    @property
+    def max_concurrency(self) -> float:
+        """How many sequences of the full max_seq_len fit at once."""
+        return (self.num_blocks - 1) / blocks_needed(self.max_seq_len, self.tokens_per_block)
+
+    def describe(self) -> str:
+        gib = self.num_blocks * self.bytes_per_block / 2**30
+        return (f"KV cache: {self.num_blocks - 1} blocks x {self.tokens_per_block} tokens = {self.num_tokens} "
+                f"tokens ({gib:.2f} GiB); max concurrency at max_seq_len={self.max_seq_len}: "
+                f"{self.max_concurrency:.1f} sequences")
+
+
+def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device) -> PoolPlan:
+    cfg, build = spec.model, spec.build
+    per_block = kv_bytes_per_block(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, DTYPE_BYTES[spec.dtype],
+                                   build.tokens_per_block)
+    budget = _device_budget(spec, cache, device) if device.type == "cuda" else (
+        cache.max_cache_bytes or DEFAULT_CPU_CACHE_BYTES)
+    per_seq = blocks_needed(build.max_seq_len, build.tokens_per_block)
+    # More blocks than the envelope can ever reference would only waste memory.
+    num_blocks = min(budget // per_block, build.max_batch_size * per_seq + 1)
+    if num_blocks < per_seq + 1:
+        raise ConfigError(
+            f"KV cache: {budget / 2**20:.1f} MiB holds {max(num_blocks - 1, 0)} blocks, fewer than the {per_seq} one "
+            f"sequence of max_seq_len={build.max_seq_len} needs ({(per_seq + 1) * per_block / 2**20:.1f} MiB); "
+            "raise the cache memory (max_cache_bytes / gpu_memory_fraction) or rebuild with a smaller --max-seq-len")
+    return PoolPlan(num_blocks, build.tokens_per_block, per_block, build.max_seq_len)
+
+
+def _device_budget(spec: EngineSpec, cache: CacheConfig, device: torch.device) -> int:
+    """fraction * total memory, minus what is already in use (weights), minus an activation reserve."""
+    free, total = torch.cuda.mem_get_info(device)
+    cfg, build = spec.model, spec.build
+    dtype_bytes = DTYPE_BYTES[spec.dtype]
+    widest = max(cfg.q_size + 2 * cfg.kv_size, 2 * cfg.intermediate_size)
+    activations = 4 * build.max_num_tokens * (widest + 2 * cfg.hidden_size) * dtype_bytes
+    logits = 3 * build.max_batch_size * cfg.vocab_size * 4
+    budget = int(cache.gpu_memory_fraction * total) - (total - free) - activations - logits
+    if cache.max_cache_bytes is not None:
+        budget = min(budget, cache.max_cache_bytes)
+    return max(budget, 0)

@@ -1,0 +1,86 @@
+"""ModelRunner: turns a scheduled batch into one packed forward pass and returns logits.
+
+The runner owns the model and the KV pool (device memory); the scheduler and the block
+allocator never touch tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ingot.attention import AttentionMetadata
+from ingot.runtime.kv_cache import KVCachePool
+from ingot.runtime.request import Request
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # (num_tokens,) int64, device
+    positions: torch.Tensor  # (num_tokens,) int64, device
+    metadata: AttentionMetadata
+    sample_rows: list[int]  # index into the batch of each request that samples a token this step
+    sample_token_index: torch.Tensor  # (num_sampled,) int64, device: packed row of its last new token
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, pool: KVCachePool, device: torch.device) -> None:
+        self.model = model
+        self.pool = pool
+        self.device = device
+
+    @torch.inference_mode()
+    def execute(self, requests: list[Request], num_new_tokens: list[int]) -> tuple[list[int], torch.Tensor]:
+        """Run the step; return (which batch rows sample, their logits (num_sampled, vocab) fp32)."""
+        inputs = self.prepare(requests, num_new_tokens)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
+        if not inputs.sample_rows:
+            return [], hidden.new_empty((0, 0), dtype=torch.float32)
+        logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_token_index))
+        return inputs.sample_rows, logits
+
+    def prepare(self, requests: list[Request], num_new_tokens: list[int]) -> StepInputs:
+        block_size = self.pool.tokens_per_block
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        sample_rows: list[int] = []
+        sample_index: list[int] = []
+        for row, (request, num) in enumerate(zip(requests, num_new_tokens)):
+            start = request.num_computed_tokens
+            end = start + num
+            input_ids.extend(request.token_ids[start:end])
+            positions.extend(range(start, end))
+            blocks = request.block_ids
+            slots.extend(blocks[t // block_size] * block_size + t % block_size for t in range(start, end))
+            query_start_loc.append(query_start_loc[-1] + num)
+            seq_lens.append(end)
+            if end == request.num_tokens:  # prompt complete (or decoding): the next token is due
+                sample_rows.append(row)
+                sample_index.append(query_start_loc[-1] - 1)
+        max_blocks = max(len(r.block_ids) for r in requests)
+        tables = [r.block_ids + [0] * (max_blocks - len(r.block_ids)) for r in requests]
+        metadata = AttentionMetadata(
+            query_start_loc=self._tensor(query_start_loc, torch.int32),
+            seq_lens=self._tensor(seq_lens, torch.int32),
+            block_tables=self._tensor(tables, torch.int32),
+            slot_mapping=self._tensor(slots, torch.int64),
+            query_start_loc_cpu=query_start_loc,
+            seq_lens_cpu=seq_lens,
+            max_query_len=max(num_new_tokens),
+            max_seq_len=max(seq_lens),
+        )
+        return StepInputs(
+            input_ids=self._tensor(input_ids, torch.int64),
+            positions=self._tensor(positions, torch.int64),
+            metadata=metadata,
+            sample_rows=sample_rows,
+            sample_token_index=self._tensor(sample_index, torch.int64),
+        )
+
+    def _tensor(self, data, dtype: torch.dtype) -> torch.Tensor:
+        # Built on the host and copied once; pinned, non-blocking copies come with the GPU path.
+        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)

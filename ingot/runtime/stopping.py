@@ -1,0 +1,51 @@
+"""After a token is sampled: detokenize it, decide whether the request is done, and say what
+text is new. A stop string may span several tokens, so text that could still become a stop
+string is held back from streaming until it is decided."""
+
+from __future__ import annotations
+
+from ingot.runtime.detokenizer import find_stop_string, hold_back_len
+from ingot.runtime.outputs import CompletionOutput, RequestOutput
+from ingot.runtime.request import Request
+
+
+def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str:
+    """Update request.finish_reason / stop_reason / output_text; return the new visible text."""
+    params = request.params
+    previous_len = len(request.detokenizer.text)
+    request.detokenizer.add([token])
+    full = request.detokenizer.text
+    visible = full
+    if not params.ignore_eos and token in request.eos_token_ids:
+        request.finish_reason = "stop"
+    elif token in params.stop_token_ids:
+        request.finish_reason, request.stop_reason = "stop", token
+    elif params.stop:
+        match = find_stop_string(full, params.stop, previous_len)
+        if match is not None:
+            index, stop = match
+            visible = full[: index + len(stop)] if params.include_stop_str_in_output else full[:index]
+            request.finish_reason, request.stop_reason = "stop", stop
+    if request.finish_reason is None and (request.num_output_tokens >= params.max_tokens
+                                          or request.num_tokens >= max_seq_len):
+        request.finish_reason = "length"
+    if request.finish_reason is None and params.stop:
+        visible = full[: len(full) - hold_back_len(full, params.stop)]
+    delta = visible[len(request.output_text):] if len(visible) >= len(request.output_text) else ""
+    request.output_text = visible if len(visible) >= len(request.output_text) else request.output_text
+    return delta
+
+
+def output_of(request: Request, delta_text: str) -> RequestOutput:
+    completion = CompletionOutput(
+        index=request.sample_index,
+        text=request.output_text,
+        token_ids=request.output_token_ids,
+        finish_reason=request.finish_reason,
+        stop_reason=request.stop_reason,
+        logprobs=request.logprobs if request.params.logprobs is not None else None,
+        delta_text=delta_text,
+        delta_token_ids=request.token_ids[-1:],
+    )
+    return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, [completion],
+                         finished=request.finish_reason is not None)
