@@ -29,6 +29,9 @@ def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str
     if request.finish_reason is None and (request.num_output_tokens >= params.max_tokens
                                           or request.num_tokens >= max_seq_len):
         request.finish_reason = "length"
+    if request.finish_reason is not None and request.stop_reason is None or request.finish_reason == "length":
+        request.detokenizer.flush()  # release bytes held back for an unfinished UTF-8 character
+        visible = full = request.detokenizer.text
     if request.finish_reason is None and params.stop:
         visible = full[: len(full) - hold_back_len(full, params.stop)]
     delta = visible[len(request.output_text):] if len(visible) >= len(request.output_text) else ""
