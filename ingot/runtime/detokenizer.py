@@ -1,0 +1,101 @@
+"""Incremental detokenization and stop-string helpers.
+
+Decoding one token at a time is wrong in two ways: a byte-level BPE token can hold part of a
+UTF-8 character (it decodes to U+FFFD until the rest arrives), and SentencePiece decoders
+drop the leading space of the first token of whatever they are given, so "▁world" alone
+decodes to "world". Re-decoding the whole output each step is right but O(n) per token.
+
+We keep a short window instead (as vLLM's prefix/read offsets): `ids[prefix:read]` is text
+already emitted, decoded as context; each step decodes `ids[prefix:]` and emits what it adds
+beyond `decode(ids[prefix:read])`. While that tail ends in U+FFFD a character is still split,
+so we emit nothing and wait. Once text is emitted both offsets move forward, so the window
+stays a few tokens long.
+
+Invariant: the concatenated deltas (after `flush()`) equal
+`decode(context + output)[len(decode(context)):]`, where `context` is the last few prompt ids.
+For byte-level BPE that is exactly `tokenizer.decode(output_ids)`. For SentencePiece it differs
+only in keeping the first output token's leading space, because the text continues the prompt.
+One case is not followed: a SentencePiece ByteFallback decoder turns a run of byte tokens that is
+not valid UTF-8 into one U+FFFD per token, retroactively ("<0x00>" is "\x00" until a stray
+"<0x80>" follows); the stream keeps what was valid when it was emitted, as sentencepiece would.
+"""
+
+from __future__ import annotations
+
+# How many prompt tokens are decoded as context for the first output token (vLLM uses 5 too);
+# enough for a SentencePiece space and for any UTF-8 character to be whole.
+PROMPT_CONTEXT_TOKENS = 5
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self._ids: list[int] = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
+        self._prefix = 0  # ids[prefix:read] decode to context whose text was already emitted
+        self._read = len(self._ids)  # ids[read:] are not yet emitted
+        self._prefix_text = self._decode(self._prefix, self._read)
+        self.output_ids: list[int] = []
+        self.text = ""
+
+    def add(self, token_ids: list[int]) -> str:
+        """Append new output tokens; return the text they complete (possibly "")."""
+        delta = []
+        for token_id in token_ids:  # one at a time, so a split character holds back only its own tokens
+            self._ids.append(token_id)
+            self.output_ids.append(token_id)
+            delta.append(self._step(final=False))
+        return self._emit("".join(delta))
+
+    def flush(self) -> str:
+        """Emit text held back at the end of a request (e.g. an unfinished UTF-8 character as U+FFFD)."""
+        return self._emit(self._step(final=True)) if self._read < len(self._ids) else ""
+
+    def _step(self, final: bool) -> str:
+        new_text = self._decode(self._prefix, len(self._ids))
+        if not final and (len(new_text) <= len(self._prefix_text) or new_text.endswith(REPLACEMENT_CHAR)):
+            return ""  # nothing new yet, or a character is still split across tokens
+        delta = new_text[len(self._prefix_text):]
+        self._prefix, self._read = self._read, len(self._ids)
+        self._prefix_text = self._decode(self._prefix, self._read)
+        return delta
+
+    def _decode(self, start: int, end: int) -> str:
+        return self.tokenizer.decode(self._ids[start:end], skip_special_tokens=self.skip_special_tokens)
+
+    def _emit(self, delta: str) -> str:
+        self.text += delta
+        return delta
+
+
+def find_stop_string(text: str, stops: list[str], start: int) -> tuple[int, str] | None:
+    """The first stop string completed in `text` by characters at index >= `start`.
+
+    `start` is where the newest delta begins; each stop is searched from `start - len(stop) + 1`,
+    so one that spans two deltas is found. "First" means the one that ends earliest, which is the
+    one a token-by-token stream would have met first, so the answer does not depend on how text
+    was chunked; among stops ending at the same place the longest wins.
+    Returns (index where the stop begins, the stop), or None.
+    """
+    best: tuple[int, int, str] | None = None  # (end, begin, stop)
+    for stop in stops:
+        begin = text.find(stop, max(0, start - len(stop) + 1))
+        if begin < 0:
+            continue
+        candidate = (begin + len(stop), begin, stop)
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    return None if best is None else (best[1], best[2])
+
+
+def hold_back_len(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` to withhold from a stream: the longest tail that is a
+    proper prefix of some stop string (it may become that stop once more text arrives)."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
