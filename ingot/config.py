@@ -159,14 +159,22 @@ def _read_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return float(theta), scaling
 
 
+DEFAULT_MAX_SEQ_LEN = 4096
+DEFAULT_MAX_INPUT_LEN = 2048
+
+
 @dataclass(frozen=True)
 class BuildConfig:
-    """What an engine is specialised for; frozen into engine.json."""
+    """What an engine is specialised for; frozen into engine.json.
+
+    max_seq_len / max_input_len left as None are derived from the model at build time
+    (`resolved`): min(4096, max_position_embeddings) and min(2048, max_seq_len).
+    """
 
     dtype: str = "auto"  # auto: bf16 on CUDA (fp16 if the checkpoint is fp16), fp32 on CPU
     max_batch_size: int = 64
-    max_input_len: int = 2048
-    max_seq_len: int = 4096
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
     max_num_tokens: int = 2048
     tokens_per_block: int = 16
 
@@ -175,12 +183,24 @@ class BuildConfig:
             object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block"):
             value = getattr(self, name)
+            if value is None and name in ("max_input_len", "max_seq_len"):
+                continue
             _require(isinstance(value, int) and value > 0,
                      f"build config: {name}={value!r} must be a positive integer")
-        _require(self.max_input_len <= self.max_seq_len,
-                 f"build config: max_input_len={self.max_input_len} must be <= max_seq_len={self.max_seq_len}")
+        if self.max_input_len is not None and self.max_seq_len is not None:
+            _require(self.max_input_len <= self.max_seq_len,
+                     f"build config: max_input_len={self.max_input_len} must be <= max_seq_len={self.max_seq_len}")
         _require(self.tokens_per_block & (self.tokens_per_block - 1) == 0,
                  f"build config: tokens_per_block={self.tokens_per_block} must be a power of two")
+
+    def resolved(self, model: ModelConfig) -> "BuildConfig":
+        """Fill the lengths left to the model; check them against what the model supports."""
+        max_seq_len = self.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model.max_position_embeddings)
+        _require(max_seq_len <= model.max_position_embeddings,
+                 f"build config: max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
+                 f"{model.max_position_embeddings}; pass --max-seq-len {model.max_position_embeddings} or less")
+        max_input_len = self.max_input_len or min(DEFAULT_MAX_INPUT_LEN, max_seq_len)
+        return dataclasses.replace(self, max_seq_len=max_seq_len, max_input_len=max_input_len)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from ingot.builder.checkpoint import Checkpoint, load_checkpoint
 from ingot.builder.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions,
                                          write_spec)
 from ingot.config import BuildConfig, ModelConfig
-from ingot.errors import CheckpointError, ConfigError, EngineError
+from ingot.errors import CheckpointError, EngineError
 from ingot.models import check_architecture, model_class, model_module
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,7 +43,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     _check_output_dir(output_dir)
     checkpoint = load_checkpoint(model)
     model_config = model_config_of(checkpoint)
-    _check_envelope(model_config, build_config)
+    build_config = build_config.resolved(model_config)
     target = current_device(device)
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
@@ -69,13 +69,6 @@ def model_config_of(checkpoint: Checkpoint) -> ModelConfig:
         return ModelConfig.from_hf(checkpoint.hf_config)
     except KeyError as exc:
         raise CheckpointError(f"{checkpoint.source}: config.json lacks the field {exc}") from exc
-
-
-def _check_envelope(model: ModelConfig, build: BuildConfig) -> None:
-    if build.max_seq_len > model.max_position_embeddings:
-        raise ConfigError(
-            f"build config: max_seq_len={build.max_seq_len} exceeds the model's max_position_embeddings="
-            f"{model.max_position_embeddings}; pass --max-seq-len {model.max_position_embeddings} or less")
 
 
 def _check_output_dir(output_dir: Path) -> None:

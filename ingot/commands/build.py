@@ -18,8 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=defaults.dtype, choices=["auto", "bf16", "fp16", "fp32"],
                    help="weight and activation precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
-    p.add_argument("--max-input-len", type=int, default=defaults.max_input_len)
-    p.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
+    p.add_argument("--max-input-len", type=int, default=None, help="longest prompt (default: min(2048, max_seq_len))")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="longest prompt + output (default: min(4096, the model's max_position_embeddings))")
     p.add_argument("--max-num-tokens", type=int, default=defaults.max_num_tokens)
     p.add_argument("--tokens-per-block", type=int, default=defaults.tokens_per_block)
     p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")

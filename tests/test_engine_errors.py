@@ -1,0 +1,125 @@
+"""Bad input gets a clear error naming the limit or cause, and leaves nothing half-built."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ingot.builder.build import build_engine
+from ingot.builder.engine_format import ENGINE_JSON, FORMAT_VERSION
+from ingot.cli import main
+from ingot.config import BuildConfig
+from ingot.errors import CheckpointError, ConfigError, EngineError, RequestError
+from ingot.runtime.engine import LLMEngine
+from ingot.sampling_params import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_engine):
+    return LLMEngine(tiny_engine, device="cpu")
+
+
+def test_prompt_longer_than_max_input_len(engine):
+    with pytest.raises(RequestError, match=r"65 tokens, over the engine's max_input_len=64"):
+        engine.add_request(list(range(65)), SamplingParams(max_tokens=1))
+
+
+def test_max_tokens_past_max_seq_len(engine):
+    with pytest.raises(RequestError, match=r"exceeds the engine's max_seq_len=128; lower max_tokens to at most 118"):
+        engine.add_request(list(range(10)), SamplingParams(max_tokens=119))
+
+
+def test_empty_prompt_and_out_of_vocab_tokens(engine):
+    with pytest.raises(RequestError, match="prompt is empty"):
+        engine.add_request([], SamplingParams())
+    with pytest.raises(RequestError, match=r"outside the vocabulary \[0, 311\)"):
+        engine.add_request([1, 400], SamplingParams())
+    assert not engine.has_unfinished_requests()
+
+
+def test_invalid_sampling_params_name_the_field():
+    with pytest.raises(RequestError, match=r"SamplingParams.top_p=1.5 is invalid: must be in \(0, 1\]"):
+        SamplingParams(top_p=1.5)
+    with pytest.raises(RequestError, match="temperature"):
+        SamplingParams(temperature=-1)
+
+
+def _copy_engine(tiny_engine, tmp_path):
+    copy = tmp_path / "engine"
+    shutil.copytree(tiny_engine, copy)
+    return copy
+
+
+def _edit_engine_json(directory, **changes):
+    data = json.loads((directory / ENGINE_JSON).read_text())
+    data.update(changes)
+    (directory / ENGINE_JSON).write_text(json.dumps(data))
+
+
+def test_engine_from_another_device_is_refused(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    _edit_engine_json(engine_dir, target={"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "capability": "9.0"})
+    with pytest.raises(EngineError, match=r"built for cuda NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
+                                          r"but this machine runs it on cpu"):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_engine_of_another_format_version_is_refused(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    _edit_engine_json(engine_dir, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(EngineError, match=f"format version {FORMAT_VERSION + 1}, this ingot reads version"):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_directory_without_engine_json_is_not_an_engine(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    (engine_dir / ENGINE_JSON).unlink()
+    with pytest.raises(EngineError, match="is not an engine: it has no engine.json"):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_unsupported_architecture_names_it_and_the_supported(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"'GPT2LMHeadModel' is not supported; supported architectures: "
+                                              r"LlamaForCausalLM, MistralForCausalLM"):
+        build_engine(str(ckpt), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_build_leaves_no_engine(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(CheckpointError):
+        build_engine(str(ckpt), tmp_path / "out", device="cpu")
+    assert list(tmp_path.iterdir()) == [ckpt], "no engine and no staging directory left behind"
+
+
+def test_build_envelope_checked_against_the_model(tiny_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"max_seq_len=1024 exceeds the model's max_position_embeddings=512"):
+        build_engine(str(tiny_checkpoint[0]), tmp_path / "out", BuildConfig(max_seq_len=1024, max_input_len=256), device="cpu")
+    with pytest.raises(ConfigError, match=r"max_input_len=300 must be <= max_seq_len=200"):
+        BuildConfig(max_input_len=300, max_seq_len=200)
+
+
+def test_build_refuses_to_clobber_a_non_engine_directory(tiny_checkpoint, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(EngineError, match="exists and is not an engine"):
+        build_engine(str(tiny_checkpoint[0]), tmp_path / "out", device="cpu")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_reports_errors_cleanly(tmp_path, capsys):
+    assert main(["build", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ingot build: error:") and "missing" in err
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "is not an engine" in capsys.readouterr().err
