@@ -1,0 +1,99 @@
+"""Block bookkeeping: allocation, reuse after free, and the scheduler's use of blocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingot.errors import ConfigError
+from ingot.runtime.kv_cache import NULL_BLOCK, BlockAllocator, blocks_needed
+from ingot.runtime.request import Request
+from ingot.runtime.scheduler import Scheduler
+from ingot.sampling_params import SamplingParams
+
+
+def test_blocks_are_unique_never_the_null_block_and_reused_after_free():
+    allocator = BlockAllocator(9)
+    first = allocator.allocate(5)
+    assert NULL_BLOCK not in first and len(set(first)) == 5 and allocator.num_free == 3
+    with pytest.raises(RuntimeError, match="asked for 4 KV blocks with 3 free"):
+        allocator.allocate(4)
+    allocator.free(first)
+    assert allocator.num_free == 8
+    again = allocator.allocate(8)
+    assert set(first) <= set(again)
+
+
+def test_reference_counts_and_double_free():
+    allocator = BlockAllocator(4)
+    (block,) = allocator.allocate(1)
+    allocator.incref(block)
+    allocator.free([block])
+    assert allocator.num_free == 2, "still referenced once"
+    allocator.free([block])
+    assert allocator.num_free == 3
+    with pytest.raises(AssertionError, match="double free"):
+        allocator.free([block])
+
+
+def test_too_small_pool_is_a_clear_error():
+    with pytest.raises(ConfigError, match="num_blocks=1 is too small"):
+        BlockAllocator(1)
+
+
+@pytest.mark.parametrize("tokens,expected", [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3)])
+def test_blocks_needed(tokens, expected):
+    assert blocks_needed(tokens, 8) == expected
+
+
+def _request(rid: str, prompt_len: int) -> Request:
+    return Request(rid, list(range(prompt_len)), SamplingParams(max_tokens=50))
+
+
+def test_scheduler_grows_block_tables_across_boundaries_and_frees_them():
+    allocator = BlockAllocator(32)
+    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=64)
+    a, b = _request("a", 7), _request("b", 4)
+    scheduler.add(a), scheduler.add(b)
+    batch = scheduler.schedule()
+    assert batch.num_new_tokens == [7, 4] and len(a.block_ids) == 2 and len(b.block_ids) == 1
+    for step in range(6):  # decode: one token each, crossing block boundaries
+        for request, num in zip(batch.requests, batch.num_new_tokens):
+            request.num_computed_tokens += num
+            request.token_ids.append(0)
+        batch = scheduler.schedule()
+        assert batch.num_new_tokens == [1, 1]
+    assert len(a.block_ids) == blocks_needed(a.num_computed_tokens + 1, 4)
+    assert len(b.block_ids) == blocks_needed(b.num_computed_tokens + 1, 4)
+    assert not set(a.block_ids) & set(b.block_ids)
+    scheduler.finish(a), scheduler.finish(b)
+    assert allocator.num_free == 31
+
+
+def test_chunked_prefill_respects_the_token_budget():
+    allocator = BlockAllocator(64)
+    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=10)
+    long, short = _request("long", 25), _request("short", 3)
+    scheduler.add(long), scheduler.add(short)
+    chunks = []
+    while long.num_computed_tokens < long.num_tokens:
+        batch = scheduler.schedule()
+        assert batch.total_tokens <= 10
+        for request, num in zip(batch.requests, batch.num_new_tokens):
+            request.num_computed_tokens += num
+        chunks.append(batch.num_new_tokens[0])
+    assert chunks == [10, 10, 5]
+    assert short.num_computed_tokens == 3, "the short prompt joined in the last chunk's spare budget"
+
+
+def test_preemption_frees_blocks_and_requeues_the_newest():
+    allocator = BlockAllocator(5)  # 4 usable blocks of 4 tokens
+    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=64)
+    a, b = _request("a", 8), _request("b", 8)
+    scheduler.add(a), scheduler.add(b)
+    batch = scheduler.schedule()
+    for request, num in zip(batch.requests, batch.num_new_tokens):
+        request.num_computed_tokens += num
+        request.token_ids.append(0)
+    batch = scheduler.schedule()  # a needs a third block: none free, so b is preempted
+    assert batch.requests == [a] and batch.preempted == [b]
+    assert b.block_ids == [] and b.num_computed_tokens == 0 and scheduler.waiting[0] is b
