@@ -69,6 +69,8 @@ class KVCachePool:
     def __init__(self, num_layers: int, num_blocks: int, tokens_per_block: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         shape = (2, num_blocks, tokens_per_block, num_kv_heads, head_dim)
-        self.layers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Uninitialised on purpose: every backend reads only slots it has written (positions past a
+        # sequence's length are never loaded), and zeroing gigabytes would only slow the start.
+        self.layers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
