@@ -10,7 +10,7 @@ With pp stages the batch runs as pp micro-batches of b = B / pp, so every sequen
 one token per round of pp stage-steps: decode tok/s = B / round, TPOT = round. PP therefore
 splits memory but not the bytes a round reads; TP divides both.
 
-Prefill, per prompt token: flops = 2 * active params + causal attention over ISL / 2, run at
+Prefill, per prompt token: flops = 2 * block params + causal attention over ISL / 2, run at
 peak * MATMUL_EFFICIENCY on every GPU, plus the TP all-reduce traffic it sends.
 Offline throughput of B requests: B * OSL / (B * ISL / prefill tok/s + OSL * round).
 """
@@ -25,19 +25,23 @@ from ingot.plan.memory import EMBED_BYTES, Envelope, Layout, kv_dtype_bytes
 from ingot.plan.precisions import Execution, Precision
 from ingot.plan.shapes import ModelShape
 
-# Decode kernels stream weights and KV at ~75% of the datasheet bandwidth: a device copy
-# itself reaches ~88-90% on Hopper, and GEMV/attention kernels ~85% of a copy.
+# Decode kernels stream weights and KV at ~75% of the datasheet bandwidth. Measured on an H100
+# SXM (torch 2.11, CUDA graph): a device copy moves 3.02 TB/s (90% of 3.35), and a chain of
+# cuBLAS GEMVs over Llama-8B's bf16 block weights 79% at batch 1-32, 77% at 64, 71% at 128;
+# attention over a paged KV cache does no better than the GEMVs.
 DECODE_BW_EFFICIENCY = 0.75
-# Large bf16/fp8 GEMMs reach 70-80% of dense peak; norms, rotary, attention and launch gaps
-# bring a whole forward pass to ~60% (the MFU good prefill engines report).
+# Large GEMMs reach 70-80% of dense peak (same H100: 8192^3 bf16 798 TFLOP/s = 81%, fp8 1450 =
+# 73%); norms, rotary, attention and launch gaps bring a whole forward pass to ~60% (the MFU
+# good prefill engines report).
 MATMUL_EFFICIENCY = 0.60
 # Below this many output columns a GEMM tile (128x256 on Hopper) runs partly empty: an expert
 # sliced tp ways to fewer columns runs at width / MIN_EFFICIENT_GEMM_N of MATMUL_EFFICIENCY.
 MIN_EFFICIENT_GEMM_N = 256
 # Expert parallelism: with top-k routing the busiest rank gets ~20% more tokens than average.
 EP_IMBALANCE = 1.2
-# NCCL ring all-reduce moves ~70% of the link's one-way bandwidth.
-LINK_EFFICIENCY = 0.70
+# NCCL all-reduce reaches ~75% of NVLink's one-way bandwidth: 1 GiB on 2-8 H100s measured here
+# 329-361 GB/s bus bandwidth of 450.
+LINK_EFFICIENCY = 0.75
 # Latency of one small all-reduce or PP send: ~8 us over NVLink (custom all-reduce), ~25 us
 # through PCIe; decode sends 2 per layer, so this, not bandwidth, is the TP cost at small batch.
 NVLINK_LATENCY_S = 8e-6
@@ -99,9 +103,14 @@ def _attn_flops_per_ctx_token(shape: ModelShape, absorbed: bool) -> float:
     return 2.0 * shape.num_layers * shape.num_heads * (qk + v)
 
 
-def _linear_flops_per_token(shape: ModelShape) -> float:
-    """2 * active params, less the input embedding (a lookup, not a matmul)."""
-    return 2.0 * (shape.active_params - shape.vocab_size * shape.hidden_size)
+def _block_flops_per_token(shape: ModelShape) -> float:
+    """2 * active params of the blocks: the embedding is a lookup, and lm_head runs only for
+    the one token a sequence samples (see _lm_head_flops)."""
+    return 2.0 * (shape.active_params - shape.embed_params)
+
+
+def _lm_head_flops(shape: ModelShape) -> float:
+    return 2.0 * shape.vocab_size * shape.hidden_size
 
 
 def _decode_step_s(shape: ModelShape, precision: Precision, execution: Execution, gpu: GPU,
@@ -113,7 +122,8 @@ def _decode_step_s(shape: ModelShape, precision: Precision, execution: Execution
     lm_head = shape.vocab_size * shape.hidden_size * EMBED_BYTES
     kv = b * ctx * shape.kv_bytes_per_token(kv_dtype_bytes(execution.kv_dtype), layout.tp, layout.pp)
     nbytes = (weights + lm_head) / split + kv
-    flops = b * (_linear_flops_per_token(shape) + ctx * _attn_flops_per_ctx_token(shape, True)) / split
+    flops = b * (_block_flops_per_token(shape) + _lm_head_flops(shape)
+                 + ctx * _attn_flops_per_ctx_token(shape, True)) / split
     t_mem = nbytes / (gpu.bandwidth_gbs * 1e9 * DECODE_BW_EFFICIENCY)
     t_compute = flops / (gpu.tflops[execution.compute] * 1e12 * MATMUL_EFFICIENCY)
     act = b * shape.hidden_size * DTYPE_BYTES[precision.act_dtype]
@@ -137,7 +147,7 @@ def _prefill_token_s(shape: ModelShape, precision: Precision, execution: Executi
                      layout: Layout, isl: int) -> float:
     """Seconds one prompt token costs a TP group running all layers (pp stages in turn)."""
     routed = shape.num_moe_layers * shape.experts_per_token * shape.expert_params * 2.0
-    other = _linear_flops_per_token(shape) - routed + isl / 2 * _attn_flops_per_ctx_token(shape, False)
+    other = _block_flops_per_token(shape) - routed + isl / 2 * _attn_flops_per_ctx_token(shape, False)
     rate = gpu.tflops[execution.compute] * 1e12 * MATMUL_EFFICIENCY * layout.tp
     t_compute = other / rate + routed / (rate * _expert_efficiency(shape, layout))
     act = shape.hidden_size * DTYPE_BYTES[precision.act_dtype]
@@ -156,8 +166,8 @@ def estimate(shape: ModelShape, precision: Precision, execution: Execution, gpu:
     round_s = layout.pp * step + STEP_OVERHEAD_S
     token_s = _prefill_token_s(shape, precision, execution, gpu, layout, env.isl)
     prefill_tok_s = layout.pp / token_s  # stages work on different chunks at once
-    hops = layout.pp * _pp_hop_s(env.isl * shape.hidden_size * 2, gpu, layout)
-    ttft = env.isl * token_s + hops + STEP_OVERHEAD_S
+    prompt_bytes = env.isl * shape.hidden_size * DTYPE_BYTES[precision.act_dtype]
+    ttft = env.isl * token_s + layout.pp * _pp_hop_s(prompt_bytes, gpu, layout) + STEP_OVERHEAD_S
     wave = concurrency * env.isl / prefill_tok_s + env.osl * round_s
     return Perf(concurrency=concurrency, decode_tok_s=concurrency / round_s, tpot_ms=round_s * 1e3,
                 decode_bound=bound, decode_bytes_per_step=nbytes, comm_ms_per_step=layout.pp * comm * 1e3,

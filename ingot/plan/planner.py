@@ -130,9 +130,11 @@ def _fit_reason(shape: ModelShape, gpu: GPU, env: Envelope, peers: list[Row], we
     n = best.layout.num_gpus
     reason = (f"{n} x {gpu.name} is the fewest that hold {weights_gb:.1f} GB of weights "
               f"plus KV for {env.concurrency} x {env.seq_len:,} tokens; {best.layout.name} is the fastest split")
-    if len(peers) > 1 and best.perf and peers[1].perf:
-        gain = best.perf.output_tok_s / max(peers[1].perf.output_tok_s, 1e-9)
-        reason += f" ({gain:.2f}x the throughput of {peers[1].layout.name})"
+    # Compare with the best other TP x PP split (an EP variant of the same split is no alternative).
+    other = next((r for r in peers if (r.layout.tp, r.layout.pp) != (best.layout.tp, best.layout.pp)), None)
+    if other and best.perf and other.perf:
+        gain = best.perf.output_tok_s / max(other.perf.output_tok_s, 1e-9)
+        reason += f" ({gain:.2f}x the throughput of {other.layout.name})"
     if best.layout.tp > 1 and best.layout.pp == 1:
         reason += "; TP divides the bytes every decode step reads, PP only divides memory"
     elif best.layout.pp > 1:

@@ -29,7 +29,7 @@ def _perf(row: dict[str, Any], key: str, fmt: str) -> str:
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     def line(cells):
         return "  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w)
-                         for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS)))
+                         for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS, strict=True)))
     out = [line(h for h, _, _ in _COLUMNS)]
     out += [line(get(r) for _, _, get in _COLUMNS) for r in rows]
     return out

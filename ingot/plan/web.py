@@ -119,28 +119,31 @@ def make_plan_app(prefix: str = "") -> PlanApp:
     return PlanApp(prefix)
 
 
+def send(handler: BaseHTTPRequestHandler, response: Response, body: bool = True) -> None:
+    """Write `response` through any stdlib handler; how another server's handler mounts the app:
+        if plan_app.handles(self.path): return send(self, plan_app("GET", self.path))"""
+    handler.send_response(response.status)
+    handler.send_header("Content-Type", response.content_type)
+    handler.send_header("Content-Length", str(len(response.body)))
+    handler.send_header("Cache-Control", "no-store")
+    for name, value in response.headers:
+        handler.send_header(name, value)
+    handler.end_headers()
+    if body:
+        handler.wfile.write(response.body)
+
+
 def make_handler(app: PlanApp) -> type[BaseHTTPRequestHandler]:
-    """A stdlib request handler class serving `app`."""
+    """A stdlib request handler class serving `app` alone."""
 
     class PlanRequestHandler(BaseHTTPRequestHandler):
         server_version = "ingot-plan"
 
         def do_GET(self) -> None:
-            self.respond(app("GET", self.path))
+            send(self, app("GET", self.path))
 
         def do_HEAD(self) -> None:
-            self.respond(app("HEAD", self.path), body=False)
-
-        def respond(self, response: Response, body: bool = True) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            if body:
-                self.wfile.write(response.body)
+            send(self, app("HEAD", self.path), body=False)
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request is noise here
             pass

@@ -58,7 +58,7 @@ def test_build_command_flags_parse_back(capsys):
     plan = _json_plan(capsys, "--model", "mixtral-8x22b", "--gpu", "h200", "--precision", "int4_awq",
                       "--kv-cache-dtype", "fp8", "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")
     words = shlex.split(plan["recommendation"]["build_command"])
-    flags = dict(zip(words[3::2], words[4::2]))  # after `ingot build MODEL`
+    flags = dict(zip(words[3::2], words[4::2], strict=True))  # after `ingot build MODEL`
     assert words[:3] == ["ingot", "build", "mistralai/Mixtral-8x22B-Instruct-v0.1"]
     assert flags["--quant"] == "int4_awq" and flags["--kv-cache-dtype"] == "fp8"
     assert int(flags["--tp"]) * int(flags["--pp"]) == 2

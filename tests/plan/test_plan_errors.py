@@ -10,7 +10,8 @@ from ingot.plan.planner import make_plan
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(model="llama-9000", gpu="h100"), ["unknown model 'llama-9000'", "llama-3.1-8b", "deepseek-v3", "config.json"]),
+    (dict(model="llama-9000", gpu="h100"),
+     ["unknown model 'llama-9000'", "llama-3.1-8b", "deepseek-v3", "config.json"]),
     (dict(model="8b", gpu="tpu-v5"), ["unknown GPU 'tpu-v5'", "h100-sxm", "a100-40gb", "gb200"]),
     (dict(model="8b", gpu="h100", precision="int3"), ["unknown precision 'int3'", "bf16", "int4_awq", "nvfp4"]),
     (dict(model="8b", gpu="h100", kv_cache_dtype="fp4"), ["unknown --kv-cache-dtype 'fp4'", "fp8", "int8"]),

@@ -50,7 +50,7 @@ def test_smaller_weights_never_fit_worse(kwargs):
     """Same layouts, fewer bytes per weight: never less KV room."""
     wide = make_plan(**{**kwargs, "precision": "bf16", "num_gpus": kwargs["num_gpus"] or 1})
     narrow = make_plan(**{**kwargs, "precision": "fp8", "num_gpus": kwargs["num_gpus"] or 1})
-    for a, b in zip(wide["layouts"], narrow["layouts"]):
+    for a, b in zip(wide["layouts"], narrow["layouts"], strict=True):
         assert a["layout"] == b["layout"] and b["kv_tokens"] >= a["kv_tokens"]
 
 

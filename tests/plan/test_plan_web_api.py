@@ -30,7 +30,8 @@ def test_page_and_options(plan_server):
 
 
 def test_plan_endpoint_is_the_python_plan(plan_server):
-    query = "model=llama-3.1-70b&gpu=h100-sxm&precision=fp8&kv_cache_dtype=auto&isl=8192&osl=2048&concurrency=64&num_gpus="
+    query = ("model=llama-3.1-70b&gpu=h100-sxm&precision=fp8&kv_cache_dtype=auto"
+             "&isl=8192&osl=2048&concurrency=64&num_gpus=")
     status, ctype, body = _get(f"{plan_server}/api/plan?{query}")
     assert status == 200 and ctype == "application/json"
     assert json.loads(body) == json.loads(json.dumps(
@@ -65,3 +66,37 @@ def test_wsgi_face():
     seen = {}
     body = b"".join(make_plan_app().wsgi(environ, lambda status, headers: seen.update(status=status)))
     assert seen["status"] == "200 OK" and json.loads(body)["model"]["moe"]
+
+
+def test_mounted_in_another_stdlib_server():
+    """How `ingot serve` can mount the page: its handler hands /plan/... to the app."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ingot.plan.web import send
+
+    plan_app = make_plan_app("/plan")
+
+    class ServeHandler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if plan_app.handles(self.path):
+                return send(self, plan_app("GET", self.path))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"other route")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ServeHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, ctype, _ = _get(base + "/plan")  # redirected to /plan/
+        assert status == 200 and ctype.startswith("text/html")
+        assert json.loads(_get(base + "/plan/api/plan?model=8b&gpu=h100")[2])["fits"]
+        assert _get(base + "/v1/models")[2] == b"other route"
+    finally:
+        server.shutdown()
+        server.server_close()

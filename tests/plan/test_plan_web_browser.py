@@ -11,44 +11,62 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import urllib.request
 
 import pytest
+
+from ingot.plan.web import make_server
 
 pytestmark = pytest.mark.browser
 
 INSTALL_HINT = "run `bash .ci/install-browser` (apt-get install chromium; pip install playwright)"
 # Headless Chromium as root on a machine with no outside network: no sandbox (root), no GPU,
 # and none of the background connections (QUIC, sync, updates) that would be refused.
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        pytest.fail(f"Chromium not found at {path}: {INSTALL_HINT}", pytrace=False)
-    return path
-
-
-@pytest.fixture
-def page(plan_server):
+def _missing() -> str | None:
+    """Why the browser cannot run here, or None."""
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.fail(f"the Playwright Python client is not installed: {INSTALL_HINT}", pytrace=False)
-    executable = _chromium()
+        return f"the Playwright Python client is not installed: {INSTALL_HINT}"
+    if not os.path.exists(CHROMIUM):
+        return f"Chromium not found at {CHROMIUM}: {INSTALL_HINT}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the module (starting it is most of the time), or the reason
+    there is none, which each test turns into a failure (not a skip, not an error)."""
+    missing = _missing()
+    if missing:
+        yield missing
+        return
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:  # Playwright gives Chromium a fresh temporary profile itself
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            tab = browser.new_page()
-            tab.set_default_timeout(15_000)
-            tab.goto(plan_server + "/")
-            tab.wait_for_function("Number(document.querySelector('#result').dataset.seq) >= 1")
-            yield tab
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def _open(browser, url: str):
+    """A tab on the planner page, once its first plan has rendered."""
+    if isinstance(browser, str):
+        pytest.fail(browser, pytrace=False)
+    tab = browser.new_page()
+    tab.set_default_timeout(15_000)
+    tab.goto(url)
+    tab.wait_for_function("Number(document.querySelector('#result').dataset.seq) >= 1")
+    return tab
 
 
 def _settle(tab, **expected: str) -> None:
@@ -58,7 +76,8 @@ def _settle(tab, **expected: str) -> None:
                           f"document.querySelector('#result').dataset.query || ''); return {checks}; }})()")
 
 
-def test_page_updates_as_inputs_change(page, plan_server):
+def test_page_updates_as_inputs_change(browser, plan_server):
+    page = _open(browser, plan_server + "/")
     assert page.inner_text("#verdict").startswith("Fits: TP1 PP1 on 1 × H100 SXM")
     assert "Llama-3.1-8B-Instruct" in page.inner_text("#build-command")
 
@@ -91,3 +110,20 @@ def test_page_updates_as_inputs_change(page, plan_server):
     _settle(page, isl="4096")
     assert "--max-input-len 4096" in page.inner_text("#build-command")
     assert page.locator("#layouts tbody tr.best").count() == 1
+
+
+def test_page_works_mounted_under_a_prefix(browser):
+    """As `ingot serve` would mount it: the page's relative API links follow the prefix."""
+    server = make_server("127.0.0.1", 0, prefix="/plan")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        tab = _open(browser, f"http://127.0.0.1:{server.server_address[1]}/plan")
+        assert tab.url.endswith("/plan/")
+        assert tab.inner_text("#verdict").startswith("Fits:")
+        tab.select_option("#model", "mixtral-8x7b")
+        _settle(tab, model="mixtral-8x7b")
+        assert "Mixtral-8x7B" in tab.inner_text("#build-command")
+    finally:
+        server.shutdown()
+        server.server_close()
