@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the helpers module
-from helpers_checkpoints import CHAT_TEMPLATE, save_tiny_model, save_tiny_tokenizer  # noqa: E402
-
-from ingot.builder.checkpoint import load_checkpoint  # noqa: E402
-from ingot.builder.presets import list_presets, resolve_preset  # noqa: E402
-from ingot.config import ModelConfig  # noqa: E402
-from ingot.errors import CheckpointError  # noqa: E402
+from ingot.builder.checkpoint import load_checkpoint
+from ingot.builder.presets import list_presets, resolve_preset
+from ingot.config import ModelConfig
+from ingot.errors import CheckpointError
+from tests.helpers_checkpoints import CHAT_TEMPLATE, save_tiny_model, save_tiny_tokenizer
 
 
 def assert_tensors_equal(checkpoint, state_dict, tied: bool) -> None:

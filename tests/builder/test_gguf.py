@@ -4,7 +4,6 @@ checked against what transformers makes of the same file."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the helpers module
-from helpers_checkpoints import (  # noqa: E402
+from ingot.builder.checkpoint import load_checkpoint
+from ingot.builder.gguf_checkpoint import hf_tensor_name
+from ingot.builder.presets import resolve_preset
+from ingot.config import ModelConfig
+from ingot.errors import CheckpointError
+from tests.helpers_checkpoints import (
     CHAT_TEMPLATE, byte_level_vocab, llama_cpp_permute, random_gguf_tensors, write_tiny_gguf,
 )
-
-from ingot.builder.checkpoint import load_checkpoint  # noqa: E402
-from ingot.builder.gguf_checkpoint import hf_tensor_name  # noqa: E402
-from ingot.builder.presets import resolve_preset  # noqa: E402
-from ingot.config import ModelConfig  # noqa: E402
-from ingot.errors import CheckpointError  # noqa: E402
 
 TEXTS = [
     "Hello world!", "The quick brown fox jumps over the lazy dog.", "12345", "I have 12345 apples and 7.5 pears",
