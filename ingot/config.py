@@ -226,4 +226,34 @@ class CacheConfig:
                  f"cache config: max_cache_bytes={self.max_cache_bytes} must be > 0")
 
 
-__all__ = ["ModelConfig", "BuildConfig", "CacheConfig", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]
+CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Run-time scheduling choices, bounded by the engine's build envelope."""
+
+    capacity_policy: str = "max_utilization"
+    max_batch_size: int = 64  # at most the engine's max_batch_size
+    max_num_tokens: int = 2048  # per step; at most the engine's max_num_tokens
+
+    def __post_init__(self) -> None:
+        _require(self.capacity_policy in CAPACITY_POLICIES,
+                 f"scheduler config: capacity_policy={self.capacity_policy!r} is unknown; "
+                 f"use one of {', '.join(CAPACITY_POLICIES)}")
+        _require(self.max_batch_size > 0, f"scheduler config: max_batch_size={self.max_batch_size} must be > 0")
+        _require(self.max_num_tokens > 0, f"scheduler config: max_num_tokens={self.max_num_tokens} must be > 0")
+
+    @classmethod
+    def for_engine(cls, build: BuildConfig, capacity_policy: str = "max_utilization",
+                   max_batch_size: int | None = None, max_num_tokens: int | None = None) -> "SchedulerConfig":
+        """The build's limits unless smaller ones are asked for; larger ones are an error."""
+        for name, value, limit in (("max_batch_size", max_batch_size, build.max_batch_size),
+                                   ("max_num_tokens", max_num_tokens, build.max_num_tokens)):
+            _require(value is None or value <= limit,
+                     f"scheduler config: {name}={value} exceeds the engine's {name}={limit}; "
+                     f"rebuild with a larger --{name.replace('_', '-')}")
+        return cls(capacity_policy, max_batch_size or build.max_batch_size, max_num_tokens or build.max_num_tokens)
+
+
+__all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]

@@ -14,6 +14,7 @@ from ingot.builder.engine_format import ENGINE_JSON, current_device
 from ingot.config import BuildConfig, CacheConfig
 from ingot.runtime.engine import LLMEngine
 from ingot.runtime.outputs import RequestOutput
+from ingot.runtime.samples import make_sample_requests
 from ingot.sampling_params import SamplingParams
 
 logger = logging.getLogger("ingot")
@@ -62,13 +63,10 @@ class LLM:
 
     def _add(self, prompt: Prompt, params: SamplingParams) -> list[str]:
         """Add the prompt's n samples as separate requests; return their ids."""
-        ids = []
-        for index in range(params.n):
-            seed = None if params.seed is None else params.seed + index * 1_000_003
-            request = self.engine.add_request(prompt, dataclasses.replace(params, n=1, seed=seed))
-            request.sample_index = index
-            ids.append(request.request_id)
-        return ids
+        requests = make_sample_requests(self.engine, prompt, params)
+        for request in requests:
+            self.engine.submit(request)
+        return [r.request_id for r in requests]
 
     def _run(self) -> Iterator[RequestOutput]:
         while self.engine.has_unfinished_requests():

@@ -12,17 +12,19 @@ from pathlib import Path
 import torch
 
 from ingot.attention import get_backend
-from ingot.config import CacheConfig
+from ingot.config import CacheConfig, SchedulerConfig
 from ingot.errors import RequestError
 from ingot.layers.sampler import Sampler, SamplingRow, make_generator
 from ingot.runtime.detokenizer import IncrementalDetokenizer
-from ingot.runtime.kv_cache import BlockAllocator, KVCachePool
+from ingot.runtime.kv_cache import BlockPool, KVCachePool
+from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.kv_sizing import plan_pool
 from ingot.runtime.loader import load_engine
 from ingot.runtime.model_runner import ModelRunner
-from ingot.runtime.outputs import RequestOutput
+from ingot.runtime.outputs import CompletionOutput, RequestOutput
 from ingot.runtime.request import Request
 from ingot.runtime.scheduler import Scheduler
+from ingot.runtime.stats import EngineStats
 from ingot.runtime.stopping import apply_stop_conditions, output_of
 from ingot.sampling_params import SamplingParams
 from ingot.tokenizer import Tokenizer
@@ -32,42 +34,55 @@ logger = logging.getLogger("ingot")
 
 class LLMEngine:
     def __init__(self, engine_dir: str | Path, cache_config: CacheConfig | None = None,
-                 device: str | None = None, attention_backend: str = "torch") -> None:
+                 device: str | None = None, attention_backend: str = "torch",
+                 scheduler_config: SchedulerConfig | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.spec, self.model, self.device = load_engine(engine_dir, get_backend(attention_backend), device)
         self.tokenizer = Tokenizer.from_dir(engine_dir)
         cfg, build = self.spec.model, self.spec.build
+        cache_config = cache_config or CacheConfig()
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.eos_token_ids) | set(cfg.eos_token_ids)))
-        pool_plan = plan_pool(self.spec, cache_config or CacheConfig(), self.device)
-        logger.info("%s", pool_plan.describe())
-        self.pool_plan = pool_plan
-        self.pool = KVCachePool(cfg.num_layers, pool_plan.num_blocks, build.tokens_per_block, cfg.num_kv_heads,
-                                cfg.head_dim, self.model.embed_tokens.weight.dtype, self.device)
-        self.allocator = BlockAllocator(pool_plan.num_blocks)
-        self.scheduler = Scheduler(self.allocator, build.tokens_per_block, build.max_batch_size,
-                                   build.max_num_tokens)
+        self.pool_plan = plan_pool(self.spec, cache_config, self.device)
+        logger.info("%s", self.pool_plan.describe())
+        self.pool = KVCachePool(cfg.num_layers, self.pool_plan.num_blocks, build.tokens_per_block,
+                                cfg.num_kv_heads, cfg.head_dim, self.model.embed_tokens.weight.dtype, self.device)
+        self.kv = KVCacheManager(BlockPool(self.pool_plan.num_blocks), build.tokens_per_block,
+                                 cache_config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, scheduler_config or SchedulerConfig.for_engine(build), build.max_seq_len)
         self.runner = ModelRunner(self.model, self.pool, self.device)
         self.sampler = Sampler()
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0}
+        self.stats = self._snapshot(0)
 
     # ---- requests ----
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> Request:
+        request = self.make_request(prompt, params, request_id)
+        self.submit(request)
+        return request
+
+    def make_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                     request_id: str | None = None) -> Request:
+        """Tokenize and validate; safe to call from any thread (touches no scheduler state)."""
         params = params or SamplingParams()
         prompt_text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._validate(token_ids, params)
-        request_id = request_id if request_id is not None else str(next(self._ids))
-        if request_id in self.requests:
-            raise RequestError(f"request_id {request_id!r} is already in use")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(request_id, token_ids, params, prompt=prompt_text, eos_token_ids=self.eos_token_ids)
         request.generator = make_generator(params.seed, self.device)
         request.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
-        self.requests[request_id] = request
-        self.scheduler.add(request)
         return request
+
+    def submit(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise RequestError(f"request_id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
+        self._totals["prompt"] += request.num_prompt_tokens
+        self.scheduler.add(request)
 
     def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
         build, vocab = self.spec.build, self.spec.model.vocab_size
@@ -85,11 +100,20 @@ class LLMEngine:
         if bad:
             raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
 
-    def abort_request(self, request_id: str) -> None:
+    def abort_request(self, request_id: str) -> Request | None:
+        """Stop a request and free its KV blocks at once; returns it (None if unknown or done)."""
         request = self.requests.pop(request_id, None)
         if request is not None and not request.is_finished:
             request.finish_reason = "abort"
             self.scheduler.finish(request)
+        return request
+
+    def abort_output(self, request_id: str) -> RequestOutput:
+        """Abort and return the request's final output (finish_reason "abort")."""
+        request = self.abort_request(request_id)
+        if request is None:
+            return RequestOutput(request_id, None, [], [CompletionOutput(0, "", [], "abort")], finished=True)
+        return output_of(request, "")
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -97,15 +121,36 @@ class LLMEngine:
     # ---- the step ----
 
     def step(self) -> list[RequestOutput]:
+        """One engine step: schedule -> execute -> sample -> update. Returns the outputs of the
+        requests that produced a token (or finished) in this step."""
         batch = self.scheduler.schedule()
-        if not batch.requests:
-            return []
-        rows, logits = self.runner.execute(batch.requests, batch.num_new_tokens)
-        for request, num in zip(batch.requests, batch.num_new_tokens):
-            request.num_computed_tokens += num
-        sampled = [batch.requests[row] for row in rows]
-        outputs = self._sample_and_update(sampled, logits) if sampled else []
+        outputs = []
+        if batch.requests:
+            rows, logits = self.runner.execute(batch.requests, batch.num_new_tokens)
+            self._account(batch)
+            sampled = [batch.requests[row] for row in rows]
+            outputs = self._sample_and_update(sampled, logits) if sampled else []
+        self.stats = self._snapshot(batch.total_tokens)
         return outputs
+
+    def _account(self, batch) -> None:
+        for request, num in zip(batch.requests, batch.num_new_tokens):
+            computed_prompt = max(min(request.num_prompt_tokens - request.num_computed_tokens, num), 0)
+            self._totals["prompt_computed"] += computed_prompt
+            request.num_computed_tokens += num
+            self.kv.register_computed(request)
+        self._totals["steps"] += 1
+
+    def _snapshot(self, tokens_scheduled: int) -> EngineStats:
+        pool, counters = self.kv.pool, self.scheduler.counters
+        return EngineStats(
+            num_steps=self._totals["steps"], running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting), preempted_total=counters.preempted_total,
+            kv_blocks_total=pool.num_usable, kv_blocks_used=pool.num_usable - pool.num_free,
+            kv_blocks_cached=pool.num_cached_free, tokens_scheduled=tokens_scheduled,
+            prompt_tokens_total=self._totals["prompt"], prompt_tokens_computed_total=self._totals["prompt_computed"],
+            generation_tokens_total=self._totals["generated"], prefix_cache_queries=counters.prefix_queries,
+            prefix_cache_hits=counters.prefix_hits)
 
     def _sample_and_update(self, requests: list[Request], logits: torch.Tensor) -> list[RequestOutput]:
         rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
@@ -114,6 +159,7 @@ class LLMEngine:
         for i, request in enumerate(requests):
             token = result.token_ids[i]
             request.token_ids.append(token)
+            self._totals["generated"] += 1
             if request.params.logprobs is not None:
                 request.logprobs.append(_logprob_entry(token, result, i))
             delta = apply_stop_conditions(request, token, self.spec.build.max_seq_len)

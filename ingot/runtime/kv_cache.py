@@ -1,27 +1,40 @@
 """The paged KV cache: block bookkeeping (plain Python) and the device pool (tensors).
 
-A sequence's KV lives in fixed-size blocks of `tokens_per_block` tokens; its block table lists
-them in order, so token t of the sequence sits in block_ids[t // B] at offset t % B:
+A sequence's KV lives in fixed-size blocks of B = tokens_per_block tokens; its block table
+lists them in order, so token t sits in block_ids[t // B] at offset t % B:
 
     block table  [7, 2, 9]          B = 4
     tokens        0..3 -> block 7,  4..7 -> block 2,  8..10 -> block 9 (one slot still free)
+
+Prefix reuse. A *full* block whose KV has been computed is identified by a hash chain,
+    key_0 = hash((None, tokens of block 0)),  key_i = hash((key_{i-1}, tokens of block i)),
+so equal keys mean equal token prefixes. Such blocks are registered in the prefix cache and
+shared read-only: a new request whose prompt starts with the same blocks takes them (ref count
++1) instead of recomputing them. A block whose ref count drops to 0 goes to the free queue but
+keeps its contents and key, so it can still be hit until it is handed out again; blocks are
+handed out from the front of the free queue (least recently freed first: LRU eviction).
 
 Block 0 is never handed out: padded positions (e.g. in captured CUDA graphs) may write there.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 
 import torch
 
 from ingot.errors import ConfigError
 
 NULL_BLOCK = 0
+BlockKey = int
 
 
-class BlockAllocator:
-    """Hands out block ids with reference counts; a block returns to the pool at count 0."""
+def blocks_needed(num_tokens: int, tokens_per_block: int) -> int:
+    return -(-num_tokens // tokens_per_block)
+
+
+class BlockPool:
+    """Ref-counted block ids, an LRU free queue, and the prefix-cache index over full blocks."""
 
     def __init__(self, num_blocks: int) -> None:
         if num_blocks < 2:
@@ -29,38 +42,70 @@ class BlockAllocator:
                               "(raise the KV cache memory limit)")
         self.num_blocks = num_blocks
         self.ref_counts = [0] * num_blocks
-        self._free: deque[int] = deque(range(1, num_blocks))
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
+        self.key_of: dict[int, BlockKey] = {}  # cached block -> its key
+        self.block_of: dict[BlockKey, int] = {}  # key -> cached block
 
     @property
     def num_free(self) -> int:
+        """Blocks that can be handed out now (free, whether or not they still hold a cached prefix)."""
         return len(self._free)
 
     @property
     def num_usable(self) -> int:
         return self.num_blocks - 1
 
+    @property
+    def num_cached_free(self) -> int:
+        return sum(1 for block in self.key_of if self.ref_counts[block] == 0)
+
     def allocate(self, count: int) -> list[int]:
         if count > len(self._free):
             raise RuntimeError(f"asked for {count} KV blocks with {len(self._free)} free")
-        blocks = [self._free.popleft() for _ in range(count)]
-        for block in blocks:
+        blocks = []
+        for _ in range(count):
+            block, _ = self._free.popitem(last=False)
+            self._evict(block)
             self.ref_counts[block] = 1
+            blocks.append(block)
         return blocks
 
-    def incref(self, block: int) -> None:
-        assert self.ref_counts[block] > 0, f"block {block} is free"
+    def touch(self, block: int) -> None:
+        """Take one more reference to a block (a prefix hit, or a fork)."""
+        if self.ref_counts[block] == 0:
+            del self._free[block]
         self.ref_counts[block] += 1
 
     def free(self, blocks: list[int]) -> None:
-        for block in blocks:
+        # Freed in reverse so a sequence's tail blocks are evicted before its head: the head
+        # is the part other requests are most likely to share.
+        for block in reversed(blocks):
             assert self.ref_counts[block] > 0, f"double free of block {block}"
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
-                self._free.append(block)
+                self._free[block] = None
+
+    def lookup(self, key: BlockKey) -> int | None:
+        return self.block_of.get(key)
+
+    def register(self, block: int, key: BlockKey) -> None:
+        """Publish a full, computed block under its key (first writer wins)."""
+        if key not in self.block_of and block not in self.key_of:
+            self.block_of[key] = block
+            self.key_of[block] = key
+
+    def _evict(self, block: int) -> None:
+        key = self.key_of.pop(block, None)
+        if key is not None:
+            del self.block_of[key]
 
 
-def blocks_needed(num_tokens: int, tokens_per_block: int) -> int:
-    return -(-num_tokens // tokens_per_block)
+def chain_keys(token_ids: list[int], tokens_per_block: int, keys: list[BlockKey]) -> list[BlockKey]:
+    """Extend `keys` (the keys of the first len(keys) full blocks) to cover every full block."""
+    for index in range(len(keys), len(token_ids) // tokens_per_block):
+        block_tokens = tuple(token_ids[index * tokens_per_block:(index + 1) * tokens_per_block])
+        keys.append(hash((keys[-1] if keys else None, block_tokens)))
+    return keys
 
 
 class KVCachePool:

@@ -30,6 +30,9 @@ class Request:
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
+    block_keys: list[int] = field(default_factory=list)  # prefix-cache keys of the full blocks of token_ids
+    num_registered_blocks: int = 0  # leading blocks already published to the prefix cache
+    share_prompt_with: "Request | None" = None  # n > 1: wait for this sample's prompt, then reuse its blocks
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: str | int | None = None  # the stop string or token id that ended it

@@ -1,10 +1,17 @@
 """The scheduler hands out tokens per request; there is no prefill phase and no decode phase.
 
-Each step every admitted request is owed `num_tokens - num_computed_tokens` tokens: the rest
-of its prompt (a chunk of it, if the step's token budget is short) or one decode token. The
-step's budget is `max_num_tokens` tokens over at most `max_batch_size` sequences. Running
-requests are served first, oldest first, so a long prompt never stalls running decodes; when
-KV blocks run out, the most recently admitted request is preempted and later recomputed.
+Each step every admitted request is owed `num_tokens - num_computed_tokens` tokens: the rest of
+its prompt (a chunk of it, when the step's token budget is short) or one decode token. Two
+small policies compose:
+
+  batch policy     at most max_batch_size sequences and max_num_tokens tokens per step; running
+                   requests are served first, oldest first, so a long prompt (chunked) never
+                   stalls running decodes.
+  capacity policy  who may hold KV blocks:
+      guaranteed_no_evict  admit a request only if blocks for its whole possible length
+                           (prompt + max_tokens) are guaranteed; nothing is ever preempted.
+      max_utilization      admit greedily; when blocks run out, preempt the most recently
+                           admitted request (its KV is dropped and recomputed later).
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ingot.runtime.kv_cache import BlockAllocator, blocks_needed
+from ingot.config import SchedulerConfig
+from ingot.runtime.kv_cache import blocks_needed
+from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.request import Request, RequestStatus
 
 
@@ -26,19 +35,26 @@ class ScheduledBatch:
     def total_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
-    def __len__(self) -> int:
-        return len(self.requests)
+    def add(self, request: Request, num: int) -> None:
+        self.requests.append(request)
+        self.num_new_tokens.append(num)
+
+
+@dataclass
+class SchedulerCounters:
+    preempted_total: int = 0
+    prefix_queries: int = 0  # tokens of admitted requests looked up in the prefix cache
+    prefix_hits: int = 0  # of which were found cached
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, tokens_per_block: int, max_batch_size: int,
-                 max_num_tokens: int) -> None:
-        self.allocator = allocator
-        self.tokens_per_block = tokens_per_block
-        self.max_batch_size = max_batch_size
-        self.max_num_tokens = max_num_tokens
+    def __init__(self, kv: KVCacheManager, config: SchedulerConfig, max_seq_len: int) -> None:
+        self.kv = kv
+        self.config = config
+        self.max_seq_len = max_seq_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
+        self.counters = SchedulerCounters()
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -48,47 +64,62 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        budget = self.max_num_tokens
+        budget = self.config.max_num_tokens
         for request in list(self.running):
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
             num = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._reserve_or_preempt(request, num, batch):
-                continue
-            batch.requests.append(request)
-            batch.num_new_tokens.append(num)
-            budget -= num
-        self._admit_waiting(batch, budget)
+            if self._allocate_or_preempt(request, num, batch):
+                batch.add(request, num)
+                budget -= num
+        if not batch.preempted:  # memory is short: admitting now would only preempt again
+            self._admit_waiting(batch, budget)
         return batch
 
+    # ---- admission ----
+
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size and not batch.preempted:
-            request = self.waiting[0]
-            num = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._reserve(request, num):
-                break  # first-come first-served: do not let later requests overtake
-            self.waiting.popleft()
+        for request in list(self.waiting):
+            if budget == 0 or len(self.running) >= self.config.max_batch_size:
+                return
+            if self._waits_for_shared_prompt(request):
+                continue  # an n > 1 sample: admitted once its sibling's prompt blocks are cached
+            cached = self.kv.find_cached_prefix(request) if request.num_computed_tokens == 0 else []
+            num = min(request.num_tokens - request.num_computed_tokens - len(cached) * self.kv.tokens_per_block,
+                      budget)
+            if not self._capacity_allows(request, num, cached) or not self.kv.allocate(request, num, cached):
+                return  # first come, first served: later requests do not overtake
+            self.counters.prefix_queries += request.num_tokens
+            self.counters.prefix_hits += len(cached) * self.kv.tokens_per_block
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            batch.requests.append(request)
-            batch.num_new_tokens.append(num)
+            batch.add(request, num)
             budget -= num
 
-    def _reserve(self, request: Request, num_new: int) -> bool:
-        """Make the request's blocks cover its computed tokens plus num_new; False if they don't fit."""
-        needed = blocks_needed(request.num_computed_tokens + num_new, self.tokens_per_block)
-        extra = needed - len(request.block_ids)
-        if extra <= 0:
-            return True
-        if extra > self.allocator.num_free:
+    def _waits_for_shared_prompt(self, request: Request) -> bool:
+        sibling = request.share_prompt_with
+        if sibling is None or not self.kv.enable_prefix_caching or sibling.is_finished:
             return False
-        request.block_ids.extend(self.allocator.allocate(extra))
-        return True
+        return sibling.num_computed_tokens < sibling.num_prompt_tokens
 
-    def _reserve_or_preempt(self, request: Request, num_new: int, batch: ScheduledBatch) -> bool:
-        while not self._reserve(request, num_new):
+    def _capacity_allows(self, request: Request, num: int, cached: list[int]) -> bool:
+        if self.config.capacity_policy != "guaranteed_no_evict":
+            return True
+        promised = sum(self._max_blocks(r) - len(r.block_ids) for r in self.running)
+        wanted = self._max_blocks(request) - len(request.block_ids) - len(cached)
+        return wanted <= self.kv.free_after_adopting(cached) - promised
+
+    def _max_blocks(self, request: Request) -> int:
+        longest = min(request.num_prompt_tokens + request.params.max_tokens, self.max_seq_len)
+        return blocks_needed(longest, self.kv.tokens_per_block)
+
+    # ---- running requests ----
+
+    def _allocate_or_preempt(self, request: Request, num: int, batch: ScheduledBatch) -> bool:
+        while not self.kv.allocate(request, num):
             victim = self.running[-1]
             self._preempt(victim, batch)
             if victim is request:
@@ -96,18 +127,16 @@ class Scheduler:
         return True
 
     def _preempt(self, request: Request, batch: ScheduledBatch) -> None:
-        """Drop the request's KV; it goes to the front of the queue and is recomputed later."""
+        """Drop the request's KV; it goes to the front of the queue and is recomputed later
+        (its full blocks stay in the prefix cache, so recomputation often hits them)."""
         self.running.remove(request)
-        self.allocator.free(request.block_ids)
-        request.block_ids = []
+        self.kv.free(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
         batch.preempted.append(request)
-        if request in batch.requests:
-            index = batch.requests.index(request)
-            del batch.requests[index], batch.num_new_tokens[index]
+        self.counters.preempted_total += 1
 
     def finish(self, request: Request) -> None:
         """Remove a finished or aborted request and free its blocks at once."""
@@ -115,6 +144,5 @@ class Scheduler:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
-        self.allocator.free(request.block_ids)
-        request.block_ids = []
+        self.kv.free(request)
         request.status = RequestStatus.FINISHED

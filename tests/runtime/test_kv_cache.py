@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from ingot.errors import ConfigError
-from ingot.runtime.kv_cache import NULL_BLOCK, BlockAllocator, blocks_needed
+from ingot.config import SchedulerConfig
+from ingot.runtime.kv_cache import NULL_BLOCK, BlockPool, blocks_needed
+from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.request import Request
 from ingot.runtime.scheduler import Scheduler
 from ingot.sampling_params import SamplingParams
 
 
 def test_blocks_are_unique_never_the_null_block_and_reused_after_free():
-    allocator = BlockAllocator(9)
+    allocator = BlockPool(9)
     first = allocator.allocate(5)
     assert NULL_BLOCK not in first and len(set(first)) == 5 and allocator.num_free == 3
     with pytest.raises(RuntimeError, match="asked for 4 KV blocks with 3 free"):
@@ -24,9 +26,9 @@ def test_blocks_are_unique_never_the_null_block_and_reused_after_free():
 
 
 def test_reference_counts_and_double_free():
-    allocator = BlockAllocator(4)
+    allocator = BlockPool(4)
     (block,) = allocator.allocate(1)
-    allocator.incref(block)
+    allocator.touch(block)
     allocator.free([block])
     assert allocator.num_free == 2, "still referenced once"
     allocator.free([block])
@@ -37,7 +39,7 @@ def test_reference_counts_and_double_free():
 
 def test_too_small_pool_is_a_clear_error():
     with pytest.raises(ConfigError, match="num_blocks=1 is too small"):
-        BlockAllocator(1)
+        BlockPool(1)
 
 
 @pytest.mark.parametrize("tokens,expected", [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3)])
@@ -45,13 +47,18 @@ def test_blocks_needed(tokens, expected):
     assert blocks_needed(tokens, 8) == expected
 
 
+def _scheduler(pool: BlockPool, max_num_tokens: int) -> Scheduler:
+    kv = KVCacheManager(pool, tokens_per_block=4, enable_prefix_caching=False)
+    return Scheduler(kv, SchedulerConfig(max_batch_size=4, max_num_tokens=max_num_tokens), max_seq_len=256)
+
+
 def _request(rid: str, prompt_len: int) -> Request:
     return Request(rid, list(range(prompt_len)), SamplingParams(max_tokens=50))
 
 
 def test_scheduler_grows_block_tables_across_boundaries_and_frees_them():
-    allocator = BlockAllocator(32)
-    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=64)
+    allocator = BlockPool(32)
+    scheduler = _scheduler(allocator, 64)
     a, b = _request("a", 7), _request("b", 4)
     scheduler.add(a), scheduler.add(b)
     batch = scheduler.schedule()
@@ -70,8 +77,8 @@ def test_scheduler_grows_block_tables_across_boundaries_and_frees_them():
 
 
 def test_chunked_prefill_respects_the_token_budget():
-    allocator = BlockAllocator(64)
-    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=10)
+    allocator = BlockPool(64)
+    scheduler = _scheduler(allocator, 10)
     long, short = _request("long", 25), _request("short", 3)
     scheduler.add(long), scheduler.add(short)
     chunks = []
@@ -86,8 +93,8 @@ def test_chunked_prefill_respects_the_token_budget():
 
 
 def test_preemption_frees_blocks_and_requeues_the_newest():
-    allocator = BlockAllocator(5)  # 4 usable blocks of 4 tokens
-    scheduler = Scheduler(allocator, tokens_per_block=4, max_batch_size=4, max_num_tokens=64)
+    allocator = BlockPool(5)  # 4 usable blocks of 4 tokens
+    scheduler = _scheduler(allocator, 64)
     a, b = _request("a", 8), _request("b", 8)
     scheduler.add(a), scheduler.add(b)
     batch = scheduler.schedule()

@@ -1,0 +1,71 @@
+"""KVCacheManager: the request-level side of the block pool.
+
+For each request it answers: which leading blocks of the prompt are already cached (prefix
+reuse), can the blocks for this step's new tokens be had, which computed blocks become
+shareable, and it frees everything when the request leaves.
+"""
+
+from __future__ import annotations
+
+from ingot.runtime.kv_cache import BlockPool, blocks_needed, chain_keys
+from ingot.runtime.request import Request
+
+
+class KVCacheManager:
+    def __init__(self, pool: BlockPool, tokens_per_block: int, enable_prefix_caching: bool = True) -> None:
+        self.pool = pool
+        self.tokens_per_block = tokens_per_block
+        self.enable_prefix_caching = enable_prefix_caching
+
+    def find_cached_prefix(self, request: Request) -> list[int]:
+        """Cached blocks equal to the request's leading full blocks. At least one token is always
+        left to compute, because the next token's logits come from the last one."""
+        if not self.enable_prefix_caching:
+            return []
+        keys = chain_keys(request.token_ids, self.tokens_per_block, request.block_keys)
+        hits = []
+        for key in keys[: (request.num_tokens - 1) // self.tokens_per_block]:
+            block = self.pool.lookup(key)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def blocks_to_add(self, request: Request, num_new_tokens: int, cached: list[int] = ()) -> int:
+        """Fresh blocks needed so the table covers computed + cached + new tokens."""
+        covered = request.num_computed_tokens + len(cached) * self.tokens_per_block + num_new_tokens
+        return max(blocks_needed(covered, self.tokens_per_block) - len(request.block_ids) - len(cached), 0)
+
+    def free_after_adopting(self, cached: list[int]) -> int:
+        """Free blocks left once `cached` are taken (cached blocks with no owner sit in the free queue)."""
+        return self.pool.num_free - sum(1 for block in cached if self.pool.ref_counts[block] == 0)
+
+    def allocate(self, request: Request, num_new_tokens: int, cached: list[int] = ()) -> bool:
+        """Adopt `cached` (marking their tokens computed) and add blocks for num_new_tokens; all or nothing."""
+        fresh = self.blocks_to_add(request, num_new_tokens, cached)
+        if fresh > self.free_after_adopting(cached):
+            return False
+        for block in cached:
+            self.pool.touch(block)
+        request.block_ids.extend(cached)
+        request.num_computed_tokens += len(cached) * self.tokens_per_block
+        request.num_registered_blocks = len(request.block_ids) if cached else request.num_registered_blocks
+        request.block_ids.extend(self.pool.allocate(fresh))
+        return True
+
+    def register_computed(self, request: Request) -> None:
+        """Publish the request's blocks that became full and computed this step."""
+        if not self.enable_prefix_caching:
+            return
+        full = request.num_computed_tokens // self.tokens_per_block
+        if full <= request.num_registered_blocks:
+            return
+        keys = chain_keys(request.token_ids, self.tokens_per_block, request.block_keys)
+        for index in range(request.num_registered_blocks, full):
+            self.pool.register(request.block_ids[index], keys[index])
+        request.num_registered_blocks = full
+
+    def free(self, request: Request) -> None:
+        self.pool.free(request.block_ids)
+        request.block_ids = []
+        request.num_registered_blocks = 0

@@ -1,0 +1,38 @@
+"""EngineStats: a snapshot of the engine after a step, immutable so any thread may read it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_steps: int = 0
+    running: int = 0  # requests admitted and holding KV blocks
+    waiting: int = 0  # queued, including preempted requests waiting to be recomputed
+    preempted_total: int = 0  # preemptions since start
+    kv_blocks_total: int = 0  # usable blocks (the reserved null block excluded)
+    kv_blocks_used: int = 0  # referenced by a running request
+    kv_blocks_cached: int = 0  # free but still holding a reusable prefix
+    tokens_scheduled: int = 0  # tokens computed in the last step
+    prompt_tokens_total: int = 0  # prompt tokens received (admitted requests)
+    prompt_tokens_computed_total: int = 0  # prompt tokens actually computed (prefix hits excluded)
+    generation_tokens_total: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of which found
+
+    @property
+    def kv_blocks_free(self) -> int:
+        return self.kv_blocks_total - self.kv_blocks_used
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kv_blocks_free": self.kv_blocks_free, "kv_usage": self.kv_usage,
+                "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
