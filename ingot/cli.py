@@ -12,6 +12,8 @@ _VERB_MODULES = (
     "ingot.commands.build",
     "ingot.commands.run",
     "ingot.commands.inspect",
+    "ingot.commands.bench",
+    "ingot.commands.serve",
     "ingot.plan.cli",
 )
 

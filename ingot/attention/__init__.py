@@ -11,7 +11,11 @@ def get_backend(name: str = "torch") -> AttentionBackend:
         from ingot.attention.torch_ref import TorchAttentionBackend
 
         return TorchAttentionBackend()
-    raise ValueError(f"attention backend {name!r} is unknown; available: torch")
+    if name == "triton":
+        from ingot.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    raise ValueError(f"attention backend {name!r} is unknown; available: torch, triton")
 
 
 __all__ = ["AttentionBackend", "AttentionMetadata", "get_backend"]
