@@ -6,12 +6,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ingot import envs
 from ingot.builder.engine_format import ENGINE_JSON, current_device
 from ingot.config import BuildConfig, CacheConfig
+from ingot.progress import Progress
 from ingot.runtime.engine import LLMEngine
 from ingot.runtime.outputs import RequestOutput
 from ingot.runtime.samples import make_sample_requests
@@ -36,15 +38,21 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
-                 ) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order: text, token ids and finish reason of each sample."""
+                 use_progress: bool | None = None) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order: text, token ids and finish reason of each sample.
+        All prompts run through in-flight batching together. A progress line is shown for long
+        batches on a terminal (use_progress=None), always (True) or never (False)."""
         params = params or SamplingParams()
         batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
         groups = [self._add(prompt, params) for prompt in batch]
+        num_samples = sum(map(len, groups))
+        show = use_progress if use_progress is not None else (num_samples >= 16 and sys.stderr.isatty())
+        progress = Progress(num_samples, enabled=show)
         finals: dict[str, RequestOutput] = {}
         for output in self._run():
             if output.finished:
                 finals[output.request_id] = output
+            progress.update(int(output.finished), len(output.outputs[0].delta_token_ids))
         return [_merge([finals[rid] for rid in ids]) for ids in groups]
 
     def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None,

@@ -37,6 +37,7 @@ class LLMEngine:
                  device: str | None = None, attention_backend: str = "torch",
                  scheduler_config: SchedulerConfig | None = None) -> None:
         self.engine_dir = Path(engine_dir)
+        self.attention_backend = attention_backend
         self.spec, self.model, self.device = load_engine(engine_dir, get_backend(attention_backend), device)
         self.tokenizer = Tokenizer.from_dir(engine_dir)
         cfg, build = self.spec.model, self.spec.build
@@ -106,6 +107,7 @@ class LLMEngine:
         if request is not None and not request.is_finished:
             request.finish_reason = "abort"
             self.scheduler.finish(request)
+            self.stats = self._snapshot(self.stats.tokens_scheduled)  # freed blocks show at once
         return request
 
     def abort_output(self, request_id: str) -> RequestOutput:
