@@ -177,8 +177,17 @@ class BuildConfig:
     max_seq_len: int | None = None
     max_num_tokens: int = 2048
     tokens_per_block: int = 16
+    # Decode batch sizes captured as CUDA graphs (a step is padded up to the nearest one);
+    # None: powers of two and multiples of 32 up to max_batch_size. Unused on CPU.
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.cuda_graph_batch_sizes is not None:
+            sizes = tuple(sorted(set(self.cuda_graph_batch_sizes)))
+            _require(all(isinstance(n, int) and 0 < n <= self.max_batch_size for n in sizes),
+                     f"build config: cuda_graph_batch_sizes={list(sizes)} must be in [1, max_batch_size="
+                     f"{self.max_batch_size}]")
+            object.__setattr__(self, "cuda_graph_batch_sizes", sizes)
         if self.dtype != "auto":
             object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block"):
@@ -200,7 +209,9 @@ class BuildConfig:
                  f"build config: max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
                  f"{model.max_position_embeddings}; pass --max-seq-len {model.max_position_embeddings} or less")
         max_input_len = self.max_input_len or min(DEFAULT_MAX_INPUT_LEN, max_seq_len)
-        return dataclasses.replace(self, max_seq_len=max_seq_len, max_input_len=max_input_len)
+        graph_sizes = self.cuda_graph_batch_sizes or default_graph_sizes(self.max_batch_size)
+        return dataclasses.replace(self, max_seq_len=max_seq_len, max_input_len=max_input_len,
+                                   cuda_graph_batch_sizes=graph_sizes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -208,7 +219,17 @@ class BuildConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        if data.get("cuda_graph_batch_sizes") is not None:
+            data["cuda_graph_batch_sizes"] = tuple(data["cuda_graph_batch_sizes"])
+        return cls(**data)
+
+
+def default_graph_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, 8, 16, 32, then every 32 (a padded step wastes at most 31 rows), up to max_batch_size."""
+    sizes = {n for n in (1, 2, 4, 8, 16) if n < max_batch_size}
+    sizes |= set(range(32, max_batch_size, 32)) | {max_batch_size}
+    return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ingot.builder.checkpoint import Checkpoint, load_checkpoint
+from ingot.builder.checkpoint import load_checkpoint
+from ingot.builder.dummy import dummy_tensors, read_config_json
+from ingot.builder.tuning import tune_tactics
 from ingot.builder.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions,
                                          write_spec)
 from ingot.config import BuildConfig, ModelConfig
-from ingot.errors import CheckpointError, EngineError
+from ingot.errors import CheckpointError, ConfigError, EngineError
 from ingot.models import check_architecture, model_class, model_module
 
+LOAD_FORMATS = ("auto", "dummy")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -35,25 +38,36 @@ def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> st
 
 
 def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig | None = None,
-                 device: str | None = None) -> EngineSpec:
-    """Build MODEL (checkpoint folder, .gguf file or preset name) into output_dir."""
+                 device: str | None = None, load_format: str = "auto") -> EngineSpec:
+    """Build MODEL (checkpoint folder, .gguf file or preset name; with load_format="dummy", a
+    config.json whose shapes get random weights) into output_dir."""
     started = time.perf_counter()
     build_config = build_config or BuildConfig()
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
-    checkpoint = load_checkpoint(model)
-    model_config = model_config_of(checkpoint)
+    if load_format not in LOAD_FORMATS:
+        raise ConfigError(f"load_format={load_format!r} is unknown; use one of {', '.join(LOAD_FORMATS)}")
+    checkpoint = None if load_format == "dummy" else load_checkpoint(model)
+    hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
+    model_config = model_config_of(hf_config, str(model))
     build_config = build_config.resolved(model_config)
     target = current_device(device)
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        _write_weights(staging, checkpoint, model_config, TORCH_DTYPES[dtype])
-        for name, content in checkpoint.tokenizer_files.items():
+        torch_dtype = TORCH_DTYPES[dtype]
+        if checkpoint is None:
+            tensors = dummy_tensors(expected_shapes(model_config), torch_dtype, _generator_device(target))
+        else:
+            tensors = model_module(model_config.architecture).convert_hf_weights(model_config, checkpoint.tensors())
+        _write_weights(staging, tensors, model_config, torch_dtype, str(model))
+        for name, content in (checkpoint.tokenizer_files.items() if checkpoint else ()):
             (staging / name).write_bytes(content)
+        tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype, target)
         spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target,
-                          versions=software_versions(), source=str(model),
+                          versions=software_versions(), source=str(model), load_format=load_format,
+                          tactics=tactics, tactic_timings=tactic_timings,
                           build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine
         _move_into_place(staging, output_dir)
@@ -62,13 +76,17 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     return spec
 
 
-def model_config_of(checkpoint: Checkpoint) -> ModelConfig:
-    archs = checkpoint.hf_config.get("architectures") or ["<none>"]
+def _generator_device(target) -> str:
+    return "cuda" if target.kind == "cuda" else "cpu"
+
+
+def model_config_of(hf_config: dict, source: str) -> ModelConfig:
+    archs = hf_config.get("architectures") or ["<none>"]
     check_architecture(archs[0])
     try:
-        return ModelConfig.from_hf(checkpoint.hf_config)
+        return ModelConfig.from_hf(hf_config)
     except KeyError as exc:
-        raise CheckpointError(f"{checkpoint.source}: config.json lacks the field {exc}") from exc
+        raise CheckpointError(f"{source}: config.json lacks the field {exc}") from exc
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -78,23 +96,22 @@ def _check_output_dir(output_dir: Path) -> None:
                           "choose another -o or empty it")
 
 
-def _write_weights(staging: Path, checkpoint: Checkpoint, cfg: ModelConfig, dtype: torch.dtype) -> None:
-    module = model_module(cfg.architecture)
+def _write_weights(staging: Path, tensors, cfg: ModelConfig, dtype: torch.dtype, source: str) -> None:
     expected = expected_shapes(cfg)
     weights: dict[str, torch.Tensor] = {}
     try:
-        for name, tensor in module.convert_hf_weights(cfg, checkpoint.tensors()):
+        for name, tensor in tensors:
             if name not in expected:
-                raise CheckpointError(f"{checkpoint.source}: unexpected weight {name!r} for {cfg.architecture}")
+                raise CheckpointError(f"{source}: unexpected weight {name!r} for {cfg.architecture}")
             if tuple(tensor.shape) != expected[name]:
-                raise CheckpointError(f"{checkpoint.source}: weight {name!r} has shape {tuple(tensor.shape)}, "
+                raise CheckpointError(f"{source}: weight {name!r} has shape {tuple(tensor.shape)}, "
                                       f"the config implies {expected[name]}")
             weights[name] = tensor.to(dtype).contiguous()
     except KeyError as exc:
-        raise CheckpointError(f"{checkpoint.source}: {exc.args[0]}") from exc
+        raise CheckpointError(f"{source}: {exc.args[0]}") from exc
     missing = sorted(set(expected) - set(weights))
     if missing:
-        raise CheckpointError(f"{checkpoint.source}: missing weights {missing[:5]}"
+        raise CheckpointError(f"{source}: missing weights {missing[:5]}"
                               f"{' and more' if len(missing) > 5 else ''}")
     save_file(weights, str(staging / "rank0.safetensors"), metadata={"format": "pt"})
 

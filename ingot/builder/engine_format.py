@@ -64,6 +64,9 @@ class EngineSpec:
     parallel: dict[str, int] = field(default_factory=lambda: {"tp": 1, "pp": 1})
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    load_format: str = "auto"  # "dummy": random weights at the model's shapes, no tokenizer
+    tactics: dict[str, dict[str, str]] = field(default_factory=dict)  # gemm -> {token bucket: tactic}
+    tactic_timings: dict = field(default_factory=dict)  # gemm -> {bucket: {tactic: microseconds}}
     build_seconds: float = 0.0
     format_version: int = FORMAT_VERSION
 
@@ -78,6 +81,9 @@ class EngineSpec:
             "parallel": self.parallel,
             "versions": self.versions,
             "source": self.source,
+            "load_format": self.load_format,
+            "tactics": self.tactics,
+            "tactic_timings": self.tactic_timings,
             "build_seconds": round(self.build_seconds, 3),
         }
 
@@ -91,6 +97,9 @@ class EngineSpec:
             parallel=data.get("parallel", {"tp": 1, "pp": 1}),
             versions=data.get("versions", {}),
             source=data.get("source", ""),
+            load_format=data.get("load_format", "auto"),
+            tactics=data.get("tactics", {}),
+            tactic_timings=data.get("tactic_timings", {}),
             build_seconds=data.get("build_seconds", 0.0),
             format_version=data["format_version"],
         )

@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-num-tokens", type=int, default=defaults.max_num_tokens)
     p.add_argument("--tokens-per-block", type=int, default=defaults.tokens_per_block)
     p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")
+    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
+                   help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
+    p.add_argument("--cuda-graph-batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                   help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
     p.set_defaults(func=run)
 
 
@@ -32,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = BuildConfig(dtype=args.dtype, max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                          max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
-                         tokens_per_block=args.tokens_per_block)
+                         tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
     started = time.perf_counter()
-    spec = build_engine(args.model, args.output, config, device=args.device)
+    spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format)
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
           f"{spec.target.describe()}, in {time.perf_counter() - started:.1f} s")
     return 0

@@ -39,10 +39,13 @@ class LLMEngine:
         self.engine_dir = Path(engine_dir)
         self.attention_backend = attention_backend
         self.spec, self.model, self.device = load_engine(engine_dir, get_backend(attention_backend), device)
-        self.tokenizer = Tokenizer.from_dir(engine_dir)
+        # Engines built with --load-format dummy have no tokenizer: they take token ids only.
+        has_tokenizer = (self.engine_dir / "tokenizer.json").is_file()
+        self.tokenizer = Tokenizer.from_dir(engine_dir) if has_tokenizer else None
         cfg, build = self.spec.model, self.spec.build
         cache_config = cache_config or CacheConfig()
-        self.eos_token_ids = tuple(sorted(set(self.tokenizer.eos_token_ids) | set(cfg.eos_token_ids)))
+        tokenizer_eos = self.tokenizer.eos_token_ids if self.tokenizer else ()
+        self.eos_token_ids = tuple(sorted(set(tokenizer_eos) | set(cfg.eos_token_ids)))
         self.pool_plan = plan_pool(self.spec, cache_config, self.device)
         logger.info("%s", self.pool_plan.describe())
         self.pool = KVCachePool(cfg.num_layers, self.pool_plan.num_blocks, build.tokens_per_block,
@@ -70,12 +73,16 @@ class LLMEngine:
         """Tokenize and validate; safe to call from any thread (touches no scheduler state)."""
         params = params or SamplingParams()
         prompt_text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if self.tokenizer is None and (prompt_text is not None or params.stop):
+            raise RequestError(f"engine {self.engine_dir} has no tokenizer (built with --load-format dummy): "
+                               "give the prompt as token ids and stop with stop_token_ids, not strings")
+        token_ids = self.tokenizer.encode(prompt) if prompt_text is not None else list(prompt)
         self._validate(token_ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(request_id, token_ids, params, prompt=prompt_text, eos_token_ids=self.eos_token_ids)
         request.generator = make_generator(params.seed, self.device)
-        request.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
+        if self.tokenizer is not None:
+            request.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
         return request
 
     def submit(self, request: Request) -> None:

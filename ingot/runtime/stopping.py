@@ -12,6 +12,9 @@ from ingot.runtime.request import Request
 def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str:
     """Update request.finish_reason / stop_reason / output_text; return the new visible text."""
     params = request.params
+    if request.detokenizer is None:  # token ids only (an engine without a tokenizer)
+        _check_token_stops(request, token, max_seq_len)
+        return ""
     previous_len = len(request.detokenizer.text)
     request.detokenizer.add([token])
     full = request.detokenizer.text
@@ -37,6 +40,16 @@ def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str
     delta = visible[len(request.output_text):] if len(visible) >= len(request.output_text) else ""
     request.output_text = visible if len(visible) >= len(request.output_text) else request.output_text
     return delta
+
+
+def _check_token_stops(request: Request, token: int, max_seq_len: int) -> None:
+    params = request.params
+    if not params.ignore_eos and token in request.eos_token_ids:
+        request.finish_reason = "stop"
+    elif token in params.stop_token_ids:
+        request.finish_reason, request.stop_reason = "stop", token
+    elif request.num_output_tokens >= params.max_tokens or request.num_tokens >= max_seq_len:
+        request.finish_reason = "length"
 
 
 def output_of(request: Request, delta_text: str) -> RequestOutput:
