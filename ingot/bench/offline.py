@@ -32,6 +32,7 @@ def register(sub) -> None:
         p.add_argument("--device", default=None)
         p.add_argument("--attention-backend", default=None, choices=["torch", "triton"],
                        help="default: triton on CUDA, torch on CPU")
+        p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
         p.add_argument("--kv-fraction", type=float, default=0.9, help="fraction of GPU memory for the engine")
         p.add_argument("--max-cache-bytes", type=int, default=None, help="cap on KV cache bytes (CPU default 1 GiB)")
         p.add_argument("--policy", default="max_utilization", choices=["max_utilization", "guaranteed_no_evict"])
@@ -66,11 +67,11 @@ def open_engine(args):
     from ingot.runtime.engine import LLMEngine
 
     spec = read_spec(args.engine)
-    backend = args.attention_backend or ("triton" if spec.target.kind == "cuda" else "torch")
     cache = CacheConfig(gpu_memory_fraction=args.kv_fraction, max_cache_bytes=args.max_cache_bytes,
                         enable_prefix_caching=False)
-    return LLMEngine(args.engine, cache, device=args.device, attention_backend=backend,
-                     scheduler_config=SchedulerConfig.for_engine(spec.build, args.policy))
+    return LLMEngine(args.engine, cache, device=args.device, attention_backend=args.attention_backend or "auto",
+                     scheduler_config=SchedulerConfig.for_engine(spec.build, args.policy),
+                     enforce_eager=args.enforce_eager)
 
 
 def run_throughput(args: argparse.Namespace) -> int:

@@ -18,13 +18,12 @@ Engine weight names (runtime layout, fused):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ingot.attention import AttentionBackend, AttentionMetadata
 from ingot.config import ModelConfig
 from ingot.layers.activation import silu_and_mul
-from ingot.layers.linear import Linear
+from ingot.layers.linear import Linear, linear
 from ingot.layers.norm import RMSNorm
 from ingot.layers.rotary import RotaryEmbedding
 
@@ -93,6 +92,7 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary, backend) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
+        self.lm_head_tactics = None  # set at load when the engine carries tuned tactics
         self.rotary = rotary
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
@@ -106,7 +106,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (N, hidden) -> (N, vocab) float32."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight, None, self.lm_head_tactics).float()
 
 
 # ---- checkpoint (HF names) -> engine (fused runtime layout) ----

@@ -16,7 +16,8 @@ from ingot.config import CacheConfig, SchedulerConfig
 from ingot.errors import RequestError
 from ingot.layers.sampler import Sampler, SamplingRow, make_generator
 from ingot.runtime.detokenizer import IncrementalDetokenizer
-from ingot.runtime.kv_cache import BlockPool, KVCachePool
+from ingot.runtime.cuda_graphs import DecodeGraphs
+from ingot.runtime.kv_cache import BlockPool, KVCachePool, blocks_needed
 from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.kv_sizing import plan_pool
 from ingot.runtime.loader import load_engine
@@ -32,13 +33,21 @@ from ingot.tokenizer import Tokenizer
 logger = logging.getLogger("ingot")
 
 
+def resolve_backend(name: str, device: str | None) -> str:
+    """auto: the Triton kernels on CUDA, the torch reference on CPU."""
+    if name != "auto":
+        return name
+    on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return "triton" if on_cuda else "torch"
+
+
 class LLMEngine:
     def __init__(self, engine_dir: str | Path, cache_config: CacheConfig | None = None,
-                 device: str | None = None, attention_backend: str = "torch",
-                 scheduler_config: SchedulerConfig | None = None) -> None:
+                 device: str | None = None, attention_backend: str = "auto",
+                 scheduler_config: SchedulerConfig | None = None, enforce_eager: bool = False) -> None:
         self.engine_dir = Path(engine_dir)
-        self.attention_backend = attention_backend
-        self.spec, self.model, self.device = load_engine(engine_dir, get_backend(attention_backend), device)
+        self.attention_backend = resolve_backend(attention_backend, device)
+        self.spec, self.model, self.device = load_engine(engine_dir, get_backend(self.attention_backend), device)
         # Engines built with --load-format dummy have no tokenizer: they take token ids only.
         has_tokenizer = (self.engine_dir / "tokenizer.json").is_file()
         self.tokenizer = Tokenizer.from_dir(engine_dir) if has_tokenizer else None
@@ -53,12 +62,24 @@ class LLMEngine:
         self.kv = KVCacheManager(BlockPool(self.pool_plan.num_blocks), build.tokens_per_block,
                                  cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, scheduler_config or SchedulerConfig.for_engine(build), build.max_seq_len)
-        self.runner = ModelRunner(self.model, self.pool, self.device)
+        self.runner = ModelRunner(self.model, self.pool, self.device, self._capture_graphs(enforce_eager))
         self.sampler = Sampler()
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0}
         self.stats = self._snapshot(0)
+
+    def _capture_graphs(self, enforce_eager: bool) -> DecodeGraphs | None:
+        """CUDA graphs for decode at the engine's batch sizes (needs a graph-safe backend)."""
+        build = self.spec.build
+        if enforce_eager or self.device.type != "cuda" or self.attention_backend != "triton" \
+                or not build.cuda_graph_batch_sizes:
+            return None
+        graphs = DecodeGraphs(self.model, self.pool.layers, build.cuda_graph_batch_sizes,
+                              blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len,
+                              build.tokens_per_block, self.device)
+        graphs.capture()
+        return graphs
 
     # ---- requests ----
 

@@ -32,7 +32,20 @@ def load_engine(directory: str | Path, backend: AttentionBackend, device: str | 
     model = model.to_empty(device=torch_device).to(dtype)
     model.rotary.reset_cache(torch_device)
     _fill_weights(model, directory / "rank0.safetensors")
+    if spec.tactics and torch_device.type == "cuda":
+        install_tactics(model, spec.tactics)
     return spec, model.eval(), torch_device
+
+
+def install_tactics(model: torch.nn.Module, tactics: dict[str, dict[str, str]]) -> None:
+    """Give each Linear the tuned GEMM table of its name (qkv_proj, o_proj, ...); lm_head too."""
+    from ingot.layers.linear import Linear, TacticTable
+
+    tables = {name: TacticTable(table) for name, table in tactics.items()}
+    for module_name, module in model.named_modules():
+        if isinstance(module, Linear):
+            module.tactics = tables.get(module_name.rsplit(".", 1)[-1])
+    model.lm_head_tactics = tables.get("lm_head")
 
 
 def _fill_weights(model: torch.nn.Module, path: Path) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ingot.attention import AttentionMetadata
+from ingot.runtime.cuda_graphs import DecodeGraphs
 from ingot.runtime.kv_cache import KVCachePool
 from ingot.runtime.request import Request
 
@@ -25,20 +26,33 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, pool: KVCachePool, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, pool: KVCachePool, device: torch.device,
+                 graphs: DecodeGraphs | None = None) -> None:
         self.model = model
         self.pool = pool
         self.device = device
+        self.graphs = graphs  # CUDA graphs for pure-decode steps, when captured
 
     @torch.inference_mode()
     def execute(self, requests: list[Request], num_new_tokens: list[int]) -> tuple[list[int], torch.Tensor]:
         """Run the step; return (which batch rows sample, their logits (num_sampled, vocab) fp32)."""
+        if self.graphs is not None and len(requests) <= self.graphs.max_batch_size \
+                and all(n == 1 for n in num_new_tokens):
+            return self._decode_with_graph(requests)
         inputs = self.prepare(requests, num_new_tokens)
         hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
         if not inputs.sample_rows:
             return [], hidden.new_empty((0, 0), dtype=torch.float32)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_token_index))
         return inputs.sample_rows, logits
+
+    def _decode_with_graph(self, requests: list[Request]) -> tuple[list[int], torch.Tensor]:
+        block_size = self.pool.tokens_per_block
+        positions = [r.num_computed_tokens for r in requests]
+        slots = [r.block_ids[p // block_size] * block_size + p % block_size for r, p in zip(requests, positions)]
+        logits = self.graphs.replay([r.token_ids[p] for r, p in zip(requests, positions)], positions, slots,
+                                    [p + 1 for p in positions], [r.block_ids for r in requests])
+        return list(range(len(requests))), logits
 
     def prepare(self, requests: list[Request], num_new_tokens: list[int]) -> StepInputs:
         block_size = self.pool.tokens_per_block
