@@ -1,0 +1,64 @@
+"""Tactic names and what they run.
+
+A tactic is a string stored in the engine: "cublas" (torch.nn.functional.linear, which calls
+cuBLAS/cuBLASLt on CUDA) or "triton:BMxBNxBK:wW:sS" (a configuration of ingot/kernels/gemm.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+CUBLAS = "cublas"
+
+# Default Triton candidates by batch tier (tokens per step), for bf16/fp16 on Hopper:
+#  - decode (M <= 16) is a weight stream: BM=16 (tl.dot's minimum), narrow BN so that
+#    N/BN >= the 132 multiprocessors, long BK and deep pipelines to keep bytes in flight;
+#  - mid batches grow BM with M so the tile is not mostly padding;
+#  - prefill is compute-bound: 128-row tiles, 8 warps (two warpgroups of wgmma).
+# Tiers share configs so that a build compiles about 7 kernels in all.
+_TIERS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (16, ("triton:16x32x256:w4:s4", "triton:16x64x128:w4:s5")),
+    (32, ("triton:32x64x128:w4:s4", "triton:16x64x128:w4:s5")),
+    (64, ("triton:64x64x128:w4:s4", "triton:32x64x128:w4:s4")),
+    (256, ("triton:64x128x64:w4:s4", "triton:128x128x64:w4:s4")),
+    (1 << 62, ("triton:128x128x64:w8:s4", "triton:128x256x64:w8:s3")),
+)
+
+
+def default_candidates(m: int) -> list[str]:
+    """cuBLAS first (the safe answer if the time budget runs out), then this M's Triton configs."""
+    for limit, configs in _TIERS:
+        if m <= limit:
+            return [CUBLAS, *configs]
+    raise AssertionError("unreachable: the last tier has no limit")
+
+
+def all_default_triton() -> list[str]:
+    return sorted({c for _, configs in _TIERS for c in configs})
+
+
+def validate(tactic: str) -> str:
+    """The tactic itself, or a ValueError that says what a tactic looks like."""
+    linear_fn(tactic)
+    return tactic
+
+
+@functools.lru_cache(maxsize=None)
+def linear_fn(tactic: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """x (M, K), weight (N, K), bias (N,) or None -> (M, N). Cached: the runtime calls this per layer."""
+    if tactic == CUBLAS:
+        return F.linear
+    if tactic.startswith("triton:"):
+        from ingot.kernels.gemm import GemmConfig, gemm  # imports triton: only when a Triton tactic is used
+
+        config = GemmConfig.parse(tactic)
+        return functools.partial(_triton_linear, gemm, config)
+    raise ValueError(f"unknown GEMM tactic {tactic!r}: expected 'cublas' or 'triton:BMxBNxBK:wW:sS'")
+
+
+def _triton_linear(gemm, config, x, weight, bias=None):
+    return gemm(x, weight, bias, config=config)

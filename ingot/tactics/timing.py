@@ -1,0 +1,68 @@
+"""Timing one GEMM candidate on the GPU: device time, median of several reps.
+
+Two things keep the number honest for the engine, which replays decode steps as CUDA graphs
+and reads each layer's weights once per step:
+  - launch cost is kept out: the reps are queued behind a short device sleep, so the GPU never
+    waits on Python between the start and end events (graphs remove that cost at run time);
+  - weights are not served from L2: when one weight matrix fits in L2, the reps rotate over
+    enough copies that each rep reads its weight from HBM, as a real layer does.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+_TARGET_MS = 20.0  # device time spent timing one candidate, warm-up aside
+_MIN_REPS, _MAX_REPS = 5, 50
+_LAUNCH_US = 40.0  # generous host cost of one launch: the sleep must outlast the queueing
+_MAX_REL_ERR = 1e-2  # bf16 rounding of fp32 sums lands near 1e-3; a wrong kernel lands near 1
+
+
+class GemmBench:
+    """Random x and weights of one GEMM shape on one device; times tactics on them."""
+
+    def __init__(self, n: int, k: int, dtype: torch.dtype, device: torch.device | str):
+        self.device = torch.device(device)
+        props = torch.cuda.get_device_properties(self.device)
+        weight_bytes = n * k * torch.tensor([], dtype=dtype).element_size()
+        copies = min(8, max(1, math.ceil(3 * props.L2_cache_size / weight_bytes)))
+        scale = k ** -0.5  # keeps outputs O(1), away from bf16's overflow and underflow
+        self.weights = [torch.randn(n, k, device=self.device).mul_(scale).to(dtype) for _ in range(copies)]
+        self.dtype, self.k = dtype, k
+        self._cycles_per_us = props.clock_rate / 1000 if hasattr(props, "clock_rate") else 2000.0
+        self._x: torch.Tensor | None = None
+        self._ref: torch.Tensor | None = None
+
+    def set_batch(self, m: int) -> None:
+        self._x = torch.randn(m, self.k, device=self.device).to(self.dtype)
+        self._ref = F.linear(self._x.float(), self.weights[0].float())
+
+    def time_us(self, fn: Callable) -> float:
+        """Median device time of fn(x, w, None) in microseconds; ValueError if fn is wrong."""
+        x, ws = self._x, self.weights
+        out = fn(x, ws[0], None)  # also compiles, on the first use of a config
+        err = ((out.float() - self._ref).norm() / self._ref.norm()).item()
+        if not err < _MAX_REL_ERR:  # `not <` so that NaN fails too
+            raise ValueError(f"wrong result: relative error {err:.3g}")
+        first = self._events_us(fn, x, ws, reps=2)
+        reps = int(min(_MAX_REPS, max(_MIN_REPS, _TARGET_MS * 1000 / max(first, 1.0))))
+        return self._events_us(fn, x, ws, reps)
+
+    def _events_us(self, fn, x, ws, reps: int) -> float:
+        for i in range(len(ws)):  # warm-up: caches, allocator, cuBLAS heuristics
+            fn(x, ws[i], None)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        torch.cuda.synchronize(self.device)
+        torch.cuda._sleep(int(reps * _LAUNCH_US * self._cycles_per_us))
+        for i in range(reps):
+            starts[i].record()
+            fn(x, ws[i % len(ws)], None)
+            ends[i].record()
+        torch.cuda.synchronize(self.device)
+        return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in zip(starts, ends))
