@@ -47,4 +47,20 @@ def describe(spec, weights: dict[str, list[int]], weight_bytes: int) -> list[str
         f"parallel       tp {spec.parallel.get('tp', 1)}, pp {spec.parallel.get('pp', 1)}",
         f"weights        {len(weights)} tensors, {weight_bytes / 2**20:.1f} MiB (rank0.safetensors)",
         f"software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
+        f"weights from   {'random (--load-format dummy), no tokenizer' if spec.load_format == 'dummy' else spec.source}",
+        *describe_tactics(spec),
     ]
+
+
+def describe_tactics(spec) -> list[str]:
+    """Which GEMM implementation runs each matmul, per tokens-per-step bucket."""
+    if not spec.tactics:
+        return ["matmuls        torch F.linear for every matmul (nothing tuned: "
+                f"{'CPU has one implementation' if spec.target.kind == 'cpu' else 'no tactics recorded'})"]
+    lines = ["matmuls        tuned at build on this GPU (tokens per step -> kernel):"]
+    for gemm, table in spec.tactics.items():
+        cells = ", ".join(f"{m}: {tactic}" for m, tactic in sorted(table.items(), key=lambda kv: int(kv[0])))
+        lines.append(f"  {gemm:<13}{cells}")
+    if spec.build.cuda_graph_batch_sizes:
+        lines.append(f"cuda graphs    decode batch sizes {list(spec.build.cuda_graph_batch_sizes)}")
+    return lines
