@@ -28,8 +28,9 @@ LLAMA_8B = ModelConfig(architecture="LlamaForCausalLM", vocab_size=128256, hidde
 BUCKETS = [1, 8, 32, 64, 128, 256, 512, 2048]
 
 
-def _median_ms(fn, reps: int = 10) -> float:
-    fn()
+def _median_ms(fn, reps: int = 20) -> float:
+    for _ in range(5):  # clocks up, caches and handles warm
+        fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -52,6 +53,25 @@ def ceilings() -> dict:
     mm_ms = _median_ms(lambda: a @ b)
     return {"copy_tbps": round(2 * (1 << 30) / copy_ms / 1e9, 3),
             "matmul_tflops": round(2 * 8192 ** 3 / mm_ms / 1e9, 1)}
+
+
+def host_launch_us(calls: int = 200) -> dict:
+    """Host time per call at M=1 on o_proj's shape: what an eager (not graphed) step pays per GEMM."""
+    from ingot.tactics import linear_fn
+
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    result = {}
+    for tactic in ("cublas", "triton:16x32x256:w4:s4"):
+        fn = linear_fn(tactic)
+        fn(x, w, None)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(x, w, None)
+        result[tactic] = round((time.perf_counter() - start) * 1e6 / calls, 1)
+        torch.cuda.synchronize()
+    return result
 
 
 def rows(timings: dict, table: dict) -> list[dict]:
@@ -100,7 +120,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "model": "llama-3.1-8b (shapes, random weights)",
         "dtype": "bf16", "quant": None, "batch_buckets": BUCKETS,
         "torch": torch.__version__, "triton": triton.__version__,
-        **ceilings(),
+        **ceilings(), "host_launch_us_m1": host_launch_us(),
         "tuning_s_cold_compile": round(cold_s, 2), "tuning_s_warm": round(warm_s, 2), "time_budget_s": args.budget,
         "winners_stable_between_runs": sum(table[n][m] == table2[n][m] for n in table for m in table[n]),
         "pairs": sum(len(v) for v in table.values()),
@@ -113,7 +133,8 @@ def main() -> None:
 
 def _print(record: dict) -> None:
     print(f"{record['device']}  copy {record['copy_tbps']} TB/s  matmul {record['matmul_tflops']} TFLOP/s  "
-          f"tuning {record['tuning_s_cold_compile']} s cold / {record['tuning_s_warm']} s warm")
+          f"tuning {record['tuning_s_cold_compile']} s cold / {record['tuning_s_warm']} s warm  "
+          f"host launch {record['host_launch_us_m1']}")
     print(f"{'name':13} {'M':>5} {'cublas':>9} {'triton':>9} {'ratio':>6} {'TFLOP/s':>8} {'GB/s':>7}  best triton")
     for r in record["rows"]:
         print(f"{r['name']:13} {r['M']:5} {r['cublas_us'] or '-':>9} {r['best_triton_us'] or '-':>9} "

@@ -2,8 +2,10 @@
 
 Two things keep the number honest for the engine, which replays decode steps as CUDA graphs
 and reads each layer's weights once per step:
-  - launch cost is kept out: the reps are queued behind a short device sleep, so the GPU never
-    waits on Python between the start and end events (graphs remove that cost at run time);
+  - launch cost is kept out: the reps are queued behind a device sleep longer than it takes the
+    host to enqueue them, so the GPU never waits on Python between the start and end events
+    (graphs remove that cost at run time). A Triton launch with tensor descriptors costs the
+    host more than the GPU work of a small GEMM: without this, decode shapes timed the host;
   - weights are not served from L2: when one weight matrix fits in L2, the reps rotate over
     enough copies that each rep reads its weight from HBM, as a real layer does.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from typing import Callable
 
 import torch
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 _TARGET_MS = 20.0  # device time spent timing one candidate, warm-up aside
 _MIN_REPS, _MAX_REPS = 5, 50
-_LAUNCH_US = 40.0  # generous host cost of one launch: the sleep must outlast the queueing
+_SLACK = 2.0  # the sleep covers twice the measured host cost of enqueueing the reps
 _MAX_REL_ERR = 1e-2  # bf16 rounding of fp32 sums lands near 1e-3; a wrong kernel lands near 1
 
 
@@ -54,15 +57,28 @@ class GemmBench:
         return self._events_us(fn, x, ws, reps)
 
     def _events_us(self, fn, x, ws, reps: int) -> float:
-        for i in range(len(ws)):  # warm-up: caches, allocator, cuBLAS heuristics
-            fn(x, ws[i], None)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        host_us = self._host_us(fn, x, ws)
         torch.cuda.synchronize(self.device)
-        torch.cuda._sleep(int(reps * _LAUNCH_US * self._cycles_per_us))
+        torch.cuda._sleep(int((_SLACK * reps * host_us + 50.0) * self._cycles_per_us))
         for i in range(reps):
             starts[i].record()
             fn(x, ws[i % len(ws)], None)
             ends[i].record()
         torch.cuda.synchronize(self.device)
         return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in zip(starts, ends))
+
+    def _host_us(self, fn, x, ws) -> float:
+        """Host time to enqueue one call with its event records (also the warm-up: caches,
+        allocator, cuBLAS heuristics). The GPU runs behind, so this is the host's cost alone."""
+        event = torch.cuda.Event(enable_timing=True)
+        fn(x, ws[0], None)
+        torch.cuda.synchronize(self.device)
+        calls = max(4, len(ws))
+        t0 = time.perf_counter()
+        for i in range(calls):
+            event.record()
+            fn(x, ws[i % len(ws)], None)
+            event.record()
+        return (time.perf_counter() - t0) * 1e6 / calls

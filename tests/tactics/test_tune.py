@@ -105,7 +105,7 @@ def test_default_candidates_by_tier():
     assert decode[0] == prefill[0] == "cublas"
     assert all(t.startswith("triton:16x") for t in decode[1:])
     assert all(t.startswith("triton:128x") for t in prefill[1:])
-    assert len(all_default_triton()) <= 8  # each is a compile at build time
+    assert len(all_default_triton()) <= 10  # each is a compile at build time
     pytest.importorskip("triton")
     for tactic in all_default_triton():
         validate(tactic)
