@@ -1,0 +1,63 @@
+"""Argument checks shared by the launchers: a wrong shape, dtype, stride or device is a clear
+ValueError naming the argument, never a wrong answer or an illegal memory access."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (tests/kernels)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def check_dtype(t: torch.Tensor, name: str, allowed=FLOAT_DTYPES) -> None:
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise ValueError(f"{name}: dtype {str(t.dtype).removeprefix('torch.')} is not supported; expected {names}")
+
+
+def check_shape(t: torch.Tensor, name: str, shape: tuple) -> None:
+    """shape may hold None for 'any size'."""
+    ok = t.dim() == len(shape) and all(want is None or got == want for got, want in zip(t.shape, shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {want}")
+
+
+def check_last_dim_contiguous(t: torch.Tensor, name: str) -> None:
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {t.stride()}")
+
+
+def check_contiguous(t: torch.Tensor, name: str) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: must be contiguous, got shape {tuple(t.shape)} strides {t.stride()}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError("tensors are on different devices: "
+                         + ", ".join(f"{n}={d}" for n, d in devices.items()))
+    device = next(iter(devices.values()))
+    if device.type != "cuda" and not interpreting():
+        raise ValueError(f"Triton kernels need CUDA tensors (got {device}); "
+                         "set TRITON_INTERPRET=1 before importing triton to run them on the CPU")
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int | None) -> int:
+    """Multiprocessor count: sizes the split-KV grid. A nominal 132 (H100) in the interpreter."""
+    if interpreting() or not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
