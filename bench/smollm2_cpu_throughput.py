@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--osl", type=int, default=128)
     parser.add_argument("--engine", default="/tmp/ingot-bench/smollm2-b64")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--peer-requests", type=int, default=None,
+                        help="run the peer on only this many of the requests (it can be very slow on CPU)")
     args = parser.parse_args()
 
     from ingot.builder.build import build_engine
@@ -69,8 +71,10 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(100, 40000, (args.isl,), generator=g).tolist() for _ in range(args.num_requests)]
     ours = ingot_throughput(Path(args.engine), prompts, args.osl)
+    print(f"ingot: {ours:.1f} output tok/s", flush=True)
     try:
-        peer, peer_error = transformers_throughput(resolve_preset("smollm2"), prompts, args.osl), None
+        peer_prompts = prompts[: args.peer_requests or args.num_requests]
+        peer, peer_error = transformers_throughput(resolve_preset("smollm2"), peer_prompts, args.osl), None
     except Exception as exc:  # recorded, not hidden: the peer may not run on CPU in every version
         peer, peer_error = None, repr(exc)
     record = {
@@ -82,7 +86,8 @@ def main() -> int:
         "isl": args.isl, "osl": args.osl, "num_requests": args.num_requests,
         "output_tok_s": round(ours, 2),
         "peer": {"name": f"transformers {__import__('transformers').__version__} generate_batch",
-                 "output_tok_s": None if peer is None else round(peer, 2), "error": peer_error},
+                 "output_tok_s": None if peer is None else round(peer, 2), "error": peer_error,
+                 "num_requests": args.peer_requests or args.num_requests},
         "notes": "CPU only; no compute-ceiling ratio (the ceiling protocol is for GPUs)",
     }
     out = Path(args.out) / f"{datetime.date.today()}-cpu-smollm2-throughput-{args.isl}-{args.osl}.json"

@@ -18,6 +18,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q, k, v, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
         write_kv(kv_cache, k, v, metadata.slot_mapping)
+        if metadata.is_pure_decode:
+            return _decode(q, kv_cache, metadata, scale, sliding_window)
         out = torch.empty_like(q)
         starts = metadata.query_start_loc_cpu
         block_size = kv_cache.shape[2]
@@ -46,3 +48,26 @@ def _attend(q, keys, values, scale, sliding_window):
     vh = values.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed, scale=scale)
     return out.transpose(0, 1)
+
+
+def _decode(q, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
+    """One query per sequence: all sequences at once, contexts padded to the widest block table.
+
+    q: (B, H, D). Slots past a sequence's length are masked, and zeroed too: the pool is
+    uninitialised memory, and a NaN there would survive a zero attention weight.
+    """
+    num_seqs, num_heads, _ = q.shape
+    tables = metadata.block_tables  # (B, W)
+    keys = kv_cache[0, tables].flatten(1, 2)  # (B, W * block_size, Hkv, D)
+    values = kv_cache[1, tables].flatten(1, 2)
+    positions = torch.arange(keys.shape[1], device=q.device).unsqueeze(0)  # (1, L)
+    seq_lens = metadata.seq_lens.unsqueeze(1).long()  # (B, 1); the query sits at seq_len - 1
+    valid = positions < seq_lens
+    if sliding_window is not None:
+        valid &= positions >= seq_lens - sliding_window
+    keep = valid[:, :, None, None]
+    group = num_heads // keys.shape[2]
+    kh = torch.where(keep, keys, 0).to(q.dtype).transpose(1, 2).repeat_interleave(group, dim=1)  # (B, H, L, D)
+    vh = torch.where(keep, values, 0).to(q.dtype).transpose(1, 2).repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), kh, vh, attn_mask=valid[:, None, None, :], scale=scale)
+    return out.squeeze(2)  # (B, H, D)
