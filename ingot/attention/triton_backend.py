@@ -22,6 +22,7 @@ query_len 1, seq_len 1, block 0 and slot -1 (the KV write skips negative slots).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +56,12 @@ def decode_limit(group: int) -> int:
 
 
 def plan_launches(query_start_loc_cpu: list[int], group: int) -> LaunchPlan:
-    """Host-only: which sequences go to which kernel."""
+    """Host-only: which sequences go to which kernel. Memoised: every layer of a step asks."""
+    return _plan(tuple(query_start_loc_cpu), group)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(query_start_loc_cpu: tuple[int, ...], group: int) -> LaunchPlan:
     limit = decode_limit(group)
     lens = [b - a for a, b in zip(query_start_loc_cpu, query_start_loc_cpu[1:])]
     small = [i for i, n in enumerate(lens) if n <= limit]

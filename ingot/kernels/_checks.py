@@ -1,18 +1,53 @@
 """Argument checks shared by the launchers: a wrong shape, dtype, stride or device is a clear
-ValueError naming the argument, never a wrong answer or an illegal memory access."""
+ValueError naming the argument, never a wrong answer or an illegal memory access.
+
+Launchers run per layer per step, so checking must cost little host time: each launcher reduces
+its tensors to Sigs (shape, strides, dtype, device: about 0.5 us each) and checks them in a
+function memoised on those Sigs, so a layout seen before is accepted by one dictionary lookup.
+The check helpers take tensors or Sigs alike.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+class Sig(NamedTuple):
+    """What the checks read of a tensor; hashable, so checks can be memoised on it."""
+    shape: tuple
+    strides: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+    def stride(self, dim: int | None = None):
+        return self.strides if dim is None else self.strides[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in reversed(list(zip(self.shape, self.strides))):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+
+def sig(t: torch.Tensor) -> Sig:
+    return Sig(t.shape, t.stride(), t.dtype, t.device)
+
+
+@functools.cache
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (tests/kernels)."""
+    """True when Triton runs kernels in its CPU interpreter (tests/kernels). Read once: the mode
+    is fixed when the kernels are decorated anyway."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -7,11 +7,13 @@ silu is computed in fp32 and rounded to the input dtype before the multiply, as 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device
+from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, sig
 
 _BLOCK = 1024
 
@@ -31,11 +33,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: (..., 2 * intermediate) laid out as [gate | up] -> silu(gate) * up, (..., intermediate)."""
-    check_dtype(x, "x")
-    check_last_dim_contiguous(x, "x")
-    check_same_device(x=x)
-    if x.shape[-1] % 2:
-        raise ValueError(f"x: last dimension {x.shape[-1]} must be even ([gate | up])")
+    _check(sig(x))
     width = x.shape[-1] // 2
     x2 = x.reshape(-1, x.shape[-1])
     out = torch.empty((x2.shape[0], width), dtype=x.dtype, device=x.device)
@@ -43,3 +41,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         grid = (x2.shape[0], triton.cdiv(width, _BLOCK))
         _silu_and_mul_kernel[grid](x2, out, x2.stride(0), out.stride(0), width, BLOCK=_BLOCK, num_warps=4)
     return out.view(*x.shape[:-1], width)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check(x):
+    check_dtype(x, "x")
+    check_last_dim_contiguous(x, "x")
+    check_same_device(x=x)
+    if x.shape[-1] % 2:
+        raise ValueError(f"x: last dimension {x.shape[-1]} must be even ([gate | up])")

@@ -19,8 +19,16 @@ are ever read.
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+from ingot.kernels._checks import (
+    check_contiguous, check_dtype, check_last_dim_contiguous, check_same_device, check_shape, sig,
+)
+from ingot.kernels.kv_write import check_kv_cache
 
 M_INIT = tl.constexpr(-1.0e30)  # the running max before any key: finite, see above
 LOG2E = 1.4426950408889634  # host side: qk_scale = scale * LOG2E
@@ -86,13 +94,11 @@ def softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, APPLY_MASK: tl.const
 
 def check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables) -> None:
     """Shapes, dtypes, strides and devices every paged-attention launcher relies on."""
-    import torch
+    _check_attention(sig(q), sig(kv_cache), sig(out), sig(query_start_loc), sig(seq_lens), sig(block_tables))
 
-    from ingot.kernels._checks import (
-        check_contiguous, check_dtype, check_last_dim_contiguous, check_same_device, check_shape,
-    )
-    from ingot.kernels.kv_write import check_kv_cache
 
+@functools.lru_cache(maxsize=4096)
+def _check_attention(q, kv_cache, out, query_start_loc, seq_lens, block_tables) -> None:
     check_shape(q, "q", (None, None, None))
     num_tokens, num_heads, head_dim = q.shape
     check_dtype(q, "q", (torch.float16, torch.bfloat16, torch.float32))
@@ -109,6 +115,7 @@ def check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tabl
     if out.dtype != q.dtype:
         raise ValueError(f"out: dtype {out.dtype} differs from q's {q.dtype}")
     check_last_dim_contiguous(out, "out")
+    check_shape(seq_lens, "seq_lens", (None,))
     num_seqs = seq_lens.shape[0]
     check_shape(query_start_loc, "query_start_loc", (num_seqs + 1,))
     check_shape(block_tables, "block_tables", (num_seqs, None))

@@ -37,10 +37,10 @@ MIN_TOKENS_PER_SPLIT = 256  # below this a split's fixed cost outweighs the para
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+    q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h,
-    stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
+    stride_c_kv, stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
     qk_scale, seq_begin, max_query_len, window,
     GROUP: tl.constexpr, Q_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
@@ -75,6 +75,7 @@ def _decode_kernel(
     end = tl.minimum(start + per_split, seq_len)
 
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_cache_ptr, v_cache_ptr = cache_ptr, cache_ptr + stride_c_kv  # kv_cache[0], kv_cache[1]
     head_off = kv_head * stride_c_h
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
     m_i = tl.full((BLOCK_R,), M_INIT, dtype=tl.float32)
@@ -184,11 +185,10 @@ def decode_attention(
     if num_splits > 1:
         part_out = torch.empty((num_seqs, num_kv_heads, num_splits, rows, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_seqs, num_kv_heads, num_splits, rows), dtype=torch.float32, device=q.device)
-    k_cache, v_cache = kv_cache[0], kv_cache[1]
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, part_out, part_lse, block_tables, query_start_loc, seq_lens,
+        q, kv_cache, out, part_out, part_lse, block_tables, query_start_loc, seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        *kv_cache.stride()[:4], block_tables.stride(0),
         scale * LOG2E, seq_begin, max_query_len, sliding_window or 0,
         GROUP=group, Q_BLOCK=q_block, BLOCK_R=max(16, next_pow2(rows)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_N=cfg["block_n"], NUM_SPLITS=num_splits,

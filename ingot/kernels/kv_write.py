@@ -8,18 +8,22 @@ nothing", so a CUDA-graph batch padded up to a captured size can point its dummy
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2
+from ingot.kernels._checks import (
+    check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2, sig,
+)
 
 
 @triton.jit
 def _kv_write_kernel(
-    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    k_ptr, v_ptr, cache_ptr, slot_ptr,
     stride_k_t, stride_k_h, stride_v_t, stride_v_h,
-    stride_c_blk, stride_c_tok, stride_c_h,
+    stride_c_kv, stride_c_blk, stride_c_tok, stride_c_h,
     num_kv_heads, head_dim,
     TOKENS_PER_BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -33,22 +37,20 @@ def _kv_write_kernel(
         dst += heads * stride_c_h + dims
         k = tl.load(k_ptr + t * stride_k_t + heads * stride_k_h + dims, mask=mask)
         v = tl.load(v_ptr + t * stride_v_t + heads * stride_v_h + dims, mask=mask)
-        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(cache_ptr + dst, k.to(cache_ptr.dtype.element_ty), mask=mask)  # keys: kv_cache[0]
+        tl.store(cache_ptr + stride_c_kv + dst, v.to(cache_ptr.dtype.element_ty), mask=mask)  # values: [1]
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """k, v: (T, Hkv, D); kv_cache: (2, num_blocks, tokens_per_block, Hkv, D); slot_mapping: (T,) int."""
-    _check(k, v, kv_cache, slot_mapping)
+    _check(sig(k), sig(v), sig(kv_cache), sig(slot_mapping))
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
-    k_cache, v_cache = kv_cache[0], kv_cache[1]
     block_h, block_d = next_pow2(num_kv_heads), next_pow2(head_dim)
     _kv_write_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slot_mapping,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        k, v, kv_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), *kv_cache.stride()[:4],
         num_kv_heads, head_dim,
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_H=block_h, BLOCK_D=block_d,
         num_warps=4 if block_h * block_d <= 2048 else 8,
@@ -66,6 +68,7 @@ def check_kv_cache(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: int) -> 
         raise ValueError(f"kv_cache: tokens_per_block {tokens_per_block} must be a power of two")
 
 
+@functools.lru_cache(maxsize=1024)
 def _check(k, v, kv_cache, slot_mapping):
     check_shape(k, "k", (None, None, None))
     num_tokens, num_kv_heads, head_dim = k.shape

@@ -32,10 +32,10 @@ from ingot.kernels.attention_common import (
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+    q_ptr, cache_ptr, out_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h,
-    stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
+    stride_c_kv, stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
     qk_scale, seq_begin, min_query_len, window, num_m_tiles,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -59,6 +59,7 @@ def _prefill_kernel(
     q = load_rows(q_ptr, q_off, row_valid, d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
 
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_cache_ptr, v_cache_ptr = cache_ptr, cache_ptr + stride_c_kv  # kv_cache[0], kv_cache[1]
     head_off = (head // GROUP) * stride_c_h
     hi = tl.minimum(seq_len, first_q + BLOCK_M)
     if HAS_WINDOW:
@@ -126,12 +127,11 @@ def prefill_attention(
     num_m_tiles = triton.cdiv(max_query_len, cfg["block_m"])
     if num_seqs <= 0 or num_m_tiles == 0:
         return out
-    k_cache, v_cache = kv_cache[0], kv_cache[1]
     grid = (num_m_tiles, num_heads, num_seqs)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, query_start_loc, seq_lens,
+        q, kv_cache, out, block_tables, query_start_loc, seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        *kv_cache.stride()[:4], block_tables.stride(0),
         scale * LOG2E, seq_begin, min_query_len, sliding_window or 0, num_m_tiles,
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)),
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],

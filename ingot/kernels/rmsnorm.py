@@ -11,11 +11,15 @@ the weight (in fp32, rounded once more to the output dtype).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2
+from ingot.kernels._checks import (
+    check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2, sig,
+)
 
 _MAX_HIDDEN = 65536
 
@@ -57,7 +61,7 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Ten
 
 def _launch(x, residual, weight, eps):
     hidden = x.shape[-1]
-    _check(x, residual, weight)
+    _check(sig(x), None if residual is None else sig(residual), sig(weight))
     x2 = x.reshape(-1, hidden)
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     out = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
@@ -75,6 +79,7 @@ def _launch(x, residual, weight, eps):
     return out, (res_out.view(x.shape) if residual is not None else None)
 
 
+@functools.lru_cache(maxsize=1024)
 def _check(x, residual, weight):
     hidden = x.shape[-1]
     if not 0 < hidden <= _MAX_HIDDEN:

@@ -9,12 +9,14 @@ inplace=True the rotated values overwrite them, so nothing new is allocated.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ingot.kernels._checks import (
-    check_contiguous, check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2,
+    check_contiguous, check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2, sig,
 )
 
 
@@ -60,7 +62,7 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos:
     Returns the rotated (q, k): new contiguous tensors, or q and k themselves with inplace=True.
     Positions must lie in [0, max_positions) (not checked on the device: that would sync).
     """
-    _check(positions, q, k, cos, sin)
+    _check(sig(positions), sig(q), sig(k), sig(cos), sig(sin))
     q_out = q if inplace else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = k if inplace else torch.empty(k.shape, dtype=k.dtype, device=k.device)
     num_tokens, num_heads, head_dim = q.shape
@@ -80,6 +82,7 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos:
     return q_out, k_out
 
 
+@functools.lru_cache(maxsize=1024)
 def _check(positions, q, k, cos, sin):
     check_shape(q, "q", (None, None, None))
     num_tokens, _, head_dim = q.shape
