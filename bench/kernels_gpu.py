@@ -222,7 +222,8 @@ def main() -> None:
         run_all(result, args.sweep)
     finally:  # whatever was measured is kept, also when a later case fails
         slug = name.lower().replace("nvidia ", "").split()[0]
-        path = pathlib.Path(args.out) / f"{result['date'][:10]}-{slug}-kernels.json"
+        what = "kernels-sweep" if args.sweep else "kernels"
+        path = pathlib.Path(args.out) / f"{result['date'][:10]}-{slug}-{what}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
         print("wrote", path)
@@ -242,6 +243,8 @@ def run_all(result: dict, sweep: bool) -> None:
         result["prefill"].append(row)
         print(json.dumps(row), flush=True)
     result["backend_forward_host"] = backend_host_us()
+    small = torch.zeros(16, device="cuda")
+    result["torch_op_host_us"] = host_us(lambda: small.add_(1))  # the host cost of one plain torch launch
     result["elementwise"] = elementwise()
     print(json.dumps([result["backend_forward_host"]] + result["elementwise"]), flush=True)
     if sweep:

@@ -32,7 +32,7 @@ from ingot.kernels.attention_common import (
 MAX_QUERY_LEN = 8  # new tokens per sequence this kernel takes (decode, speculative verify)
 MAX_ROWS = 128  # Q_BLOCK * GROUP rows per program, beyond which the prefill kernel is used
 MAX_SPLITS = 64
-MIN_TOKENS_PER_SPLIT = 256  # below this a split's fixed cost outweighs the parallelism
+MIN_TOKENS_PER_SPLIT = 128  # below this a split's fixed cost outweighs the parallelism (H200 sweep)
 
 
 @triton.jit
