@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ingot.errors import IngotError
@@ -36,6 +37,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    # The engine reports its KV-cache size and concurrency at start through the "ingot" logger.
+    logging.basicConfig(level=logging.INFO, format="ingot: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except IngotError as exc:
