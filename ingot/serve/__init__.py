@@ -1,0 +1,1 @@
+"""ingot's OpenAI-compatible HTTP server (`ingot serve`): protocol models, routes, metrics."""

@@ -1,0 +1,177 @@
+"""The two generation endpoints: parse, check against the engine, run, answer (JSON or SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import aclosing, suppress
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ingot.errors import RequestError
+from ingot.serve.errors import APIError, bad_request, from_request_error, from_validation_error
+from ingot.serve.formats import ChatFormat, CompletionFormat, usage
+from ingot.serve.generation import Job, collect, stream_outputs
+from ingot.serve.protocol import ChatCompletionRequest, CompletionRequest, check_fits
+
+logger = logging.getLogger("ingot.serve")
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": recorded in metrics, never seen by the client
+
+
+async def parse(model: type[BaseModel], request: Request):
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+async def completions(state, request: Request) -> Response:
+    arrival = time.perf_counter()
+    req: CompletionRequest = await parse(CompletionRequest, request)
+    state.check_model(req.model)
+    req.check_supported()
+    params = _params(req, req.max_tokens, req.logprobs)
+    tokenizer, jobs = state.llm.tokenizer, []
+    for prompt in req.prompts():
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        _check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
+        text = prompt if isinstance(prompt, str) else (
+            tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
+        jobs.append(Job(ids, params, text))
+    fmt = CompletionFormat(tokenizer, state.model_name, req.logprobs, req.echo)
+    return await _respond(state, request, req, jobs, fmt, "prompt", arrival)
+
+
+async def chat_completions(state, request: Request) -> Response:
+    arrival = time.perf_counter()
+    req: ChatCompletionRequest = await parse(ChatCompletionRequest, request)
+    state.check_model(req.model)
+    req.check_supported()
+    try:
+        ids = state.llm.tokenizer.encode_chat([m.to_dict() for m in req.messages], req.add_generation_prompt)
+    except RequestError as exc:
+        raise from_request_error(exc, "messages") from None
+    build = state.llm.spec.build
+    # Without a limit the answer may use the rest of the context, as OpenAI's chat endpoint does.
+    max_tokens = req.requested_max_tokens or max(build.max_seq_len - len(ids), 1)
+    limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    _check_prompt(state, ids, max_tokens, "messages", limit_param)
+    jobs = [Job(ids, _params(req, max_tokens, req.num_logprobs))]
+    fmt = ChatFormat(state.llm.tokenizer, state.model_name, req.num_logprobs)
+    return await _respond(state, request, req, jobs, fmt, "messages", arrival)
+
+
+def _params(req, max_tokens: int, logprobs: int | None):
+    try:
+        return req.sampling_params(max_tokens, logprobs)
+    except RequestError as exc:
+        raise from_request_error(exc) from None
+
+
+def _check_prompt(state, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:
+    if not ids:
+        raise bad_request("the prompt is empty: give at least one token", prompt_param)
+    vocab = state.llm.spec.model.vocab_size
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise bad_request(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})", prompt_param)
+    try:
+        check_fits(len(ids), max_tokens, state.llm.spec.build, prompt_param)
+    except APIError as exc:
+        exc.param = limit_param if exc.param == "max_tokens" else exc.param
+        raise
+
+
+async def _respond(state, request: Request, req, jobs: list[Job], fmt, prompt_param: str,
+                   arrival: float) -> Response:
+    run = dict(metrics=state.metrics, request_id=fmt.id, prompt_param=prompt_param, arrival=arrival)
+    if req.stream:
+        events = _sse_events(state, jobs, fmt, req.include_usage, run)
+        return EventStream(events, media_type="text/event-stream",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    finals = await _unless_disconnected(request, collect(state.llm, jobs, **run))
+    if finals is None:
+        return Response(status_code=CLIENT_CLOSED)
+    n = jobs[0].params.n
+    choices = [fmt.choice(i, out, jobs[i // n].prompt_text or "") for i, out in enumerate(finals)]
+    prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+    return JSONResponse(fmt.response(choices, usage(prompt_tokens, sum(len(o.token_ids) for o in finals))))
+
+
+class EventStream(StreamingResponse):
+    """A StreamingResponse that always closes its generator, even when the client left before the
+    first chunk (Starlette then cancels the send loop and would leave the generator to the GC)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _sse_events(state, jobs: list[Job], fmt, include_usage: bool, run: dict):
+    n = jobs[0].params.n
+    sent: dict[int, int] = {}  # choice -> tokens already sent
+    text_len: dict[int, int] = {}  # choice -> characters already sent (logprobs' text_offset)
+    try:
+        for index in range(len(jobs) * n):
+            opening = fmt.opening(index, jobs[index // n].prompt_text or "")
+            if opening is not None:
+                text_len[index] = len(opening.get("text", ""))
+                yield _sse(fmt.chunk([opening], with_usage_field=include_usage))
+        async with aclosing(stream_outputs(state.llm, jobs, **run)) as outputs:
+            async for index, out in outputs:
+                start, sent[index] = sent.get(index, 0), len(out.token_ids)
+                new_ids = out.token_ids[start:]
+                # Text held back (it may become a stop string) has no chunk yet, unless logprobs are due.
+                if not (out.delta_text or out.finished or (fmt.num_logprobs is not None and new_ids)):
+                    continue
+                logprobs = out.logprobs[start:len(out.token_ids)] if out.logprobs is not None else None
+                offset = text_len.get(index, 0)
+                text_len[index] = offset + len(out.delta_text)
+                choice = fmt.delta(index, out.delta_text, new_ids, logprobs, offset, out.finish_reason,
+                                   out.stop_reason)
+                yield _sse(fmt.chunk([choice], with_usage_field=include_usage))
+        if include_usage:
+            prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+            yield _sse(fmt.chunk([], usage(prompt_tokens, sum(sent.values())), with_usage_field=True))
+    except APIError as exc:  # the status line is already sent: the error becomes an event
+        yield exc.sse()
+    except Exception:
+        logger.exception("stream failed")
+        yield APIError(500, "internal error while streaming; see the server log", type="server_error").sse()
+    yield "data: [DONE]\n\n"
+
+
+async def _unless_disconnected(request: Request, work_coro):
+    """Await work_coro, or cancel it (aborting its requests) if the client disconnects first."""
+    work = asyncio.ensure_future(work_coro)
+    watch = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the handler itself was cancelled (server shutting down)
+        work.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with suppress(asyncio.CancelledError):
+        await work
+    return None
+
+
+async def _until_disconnected(request: Request) -> None:
+    # The body has been read, so the next ASGI message is http.disconnect (when the client leaves).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

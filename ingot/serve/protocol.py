@@ -1,0 +1,185 @@
+"""Request bodies of /v1/completions and /v1/chat/completions, validated once, here.
+
+Strict types (a string is not a number) and OpenAI's ranges, so a bad value is a 400 naming the
+field before anything reaches the engine. Unknown fields are ignored, as OpenAI-compatible
+servers do, so clients that send extra options (LangChain's `user`, ...) keep working; options
+that would silently change the meaning of a request (tools, logit_bias, suffix) are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ingot.sampling_params import SamplingParams
+from ingot.serve.errors import bad_request
+
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
+SEED_LIMIT = 2**62  # torch seeds are 64-bit; sample i of n uses seed + i * stride, which must fit too
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_absent(cls, data):
+        """Clients send `"n": null` for "the default"; a required field sent as null is still missing."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Strict):
+    """The fields both endpoints share; vLLM's extensions (top_k, min_p, ...) included."""
+
+    model: str | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    seed: int | None = Field(None, ge=-SEED_LIMIT, le=SEED_LIMIT)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if any(not s for s in stops):
+            raise ValueError("stop strings must be non-empty")
+        return stop
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_supported(self) -> None:
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported by ingot", "logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        optional = {name: getattr(self, name) for name in
+                    ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty") if getattr(self, name) is not None}
+        return SamplingParams(
+            max_tokens=max_tokens, n=self.n, seed=self.seed, stop=self.stop or [],
+            stop_token_ids=self.stop_token_ids or [], ignore_eos=self.ignore_eos,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens, logprobs=logprobs, **optional)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, prompt):
+        ok = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (
+            all(isinstance(p, str) for p in prompt) or all(_is_int(p) for p in prompt)
+            or all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt)))
+        if not ok:
+            raise ValueError("must be a string, a non-empty list of strings, a list of token ids, "
+                             "or a list of non-empty lists of token ids")
+        return prompt
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.suffix:
+            raise bad_request("suffix (insertion) is not supported by ingot", "suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise bad_request(f"best_of={self.best_of} is not supported: ingot returns every sample (best_of = n)",
+                              "best_of")
+        if self.echo and self.logprobs is not None:
+            raise bad_request("echo with logprobs would need the prompt's logprobs, which ingot does not compute",
+                              "echo")
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt of a batch: text or token ids."""
+        if isinstance(self.prompt, str) or _is_int(self.prompt[0]):
+            return [self.prompt]
+        return list(self.prompt)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict:
+        content = self.content
+        if isinstance(content, list):  # the parts' texts, concatenated: templates expect a string
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content, "name": self.name}
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    add_generation_prompt: bool = True
+    tools: list | None = None
+    response_format: dict | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.tools:
+            raise bad_request("tools (function calling) are not supported by ingot", "tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise bad_request("only response_format type 'text' is supported by ingot", "response_format")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_fits(num_prompt_tokens: int, max_tokens: int, build, prompt_param: str) -> None:
+    """The engine's envelope, checked here so the 400 can name the field to change."""
+    if num_prompt_tokens > build.max_input_len:
+        raise bad_request(f"the prompt has {num_prompt_tokens} tokens, over this engine's max_input_len="
+                          f"{build.max_input_len}; shorten it (or rebuild the engine with a larger --max-input-len)",
+                          prompt_param)
+    if num_prompt_tokens + max_tokens > build.max_seq_len:
+        raise bad_request(f"max_tokens={max_tokens} plus the prompt's {num_prompt_tokens} tokens is "
+                          f"{num_prompt_tokens + max_tokens}, over this engine's max_seq_len={build.max_seq_len}; "
+                          f"ask for at most {max(build.max_seq_len - num_prompt_tokens, 0)} tokens", "max_tokens")

@@ -1,0 +1,44 @@
+"""Start the server: load the engine once, then run uvicorn until SIGINT/SIGTERM.
+
+The engine is loaded before the port opens, so /health answering means ready. On a signal,
+uvicorn stops accepting, gives open streams shutdown_timeout seconds to finish, then cancels
+them (which aborts their requests); the engine loop is shut down last, whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
+          log_level: str = "info", shutdown_timeout: float = 5.0) -> int:
+    import uvicorn
+
+    from ingot.async_llm import AsyncLLM
+    from ingot.serve.app import ServerState, build_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    llm = AsyncLLM(engine_dir, device=device)
+    try:
+        name = served_model_name or Path(engine_dir).resolve().name
+        app = build_app(ServerState(llm, name, api_key=api_key, max_queue=max_queue))
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                timeout_graceful_shutdown=shutdown_timeout)
+        print(f"ingot serve: {name!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a normal exit.
+        signal.signal(signal.SIGTERM, _exit_normally)
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        llm.shutdown()
+    print("ingot serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _exit_normally(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,120 @@
+"""A real `ingot serve` subprocess on a free loopback port, and the official openai client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key"
+MAX_INPUT_LEN = 64
+MAX_SEQ_LEN = 4096
+STARTUP_TIMEOUT_S = 120
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str  # http://127.0.0.1:PORT
+    engine_dir: Path
+    log: Path
+    model: str
+
+    def client(self, api_key: str = API_KEY, **kwargs):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def async_client(self, api_key: str = API_KEY, **kwargs):
+        import openai
+
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def metrics(self) -> dict[str, float]:
+        """Unlabelled samples of /metrics, plus labelled ones under their full text."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(engine_dir: Path, log: Path, *extra: str, model: str = "tiny") -> Server:
+    port = free_port()
+    # One torch thread: the tiny model gains nothing from more, and CI has two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ingot.cli", "serve", str(engine_dir), "--port", str(port),
+           "--served-model-name", model, "--log-level", "warning", *extra]
+    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    server = Server(process, f"http://127.0.0.1:{port}", engine_dir, log, model)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ingot serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"ingot serve did not answer /health in {STARTUP_TIMEOUT_S}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def serve_engine(tmp_path_factory) -> Path:
+    """A tiny random Llama with a long context, so that a stream can run for many seconds, and
+    room for many concurrent requests; prompts stay short (max_input_len 64)."""
+    from ingot.builder.build import build_engine
+    from ingot.config import BuildConfig
+    from tests.tiny_models import make_checkpoint
+
+    checkpoint = tmp_path_factory.mktemp("serve-ckpt")
+    make_checkpoint(checkpoint, "LlamaForCausalLM", seed=11, max_position_embeddings=MAX_SEQ_LEN)
+    directory = tmp_path_factory.mktemp("serve-engines") / "tiny"
+    build_engine(str(checkpoint), directory,
+                 BuildConfig(dtype="fp32", max_batch_size=32, max_input_len=MAX_INPUT_LEN, max_seq_len=MAX_SEQ_LEN,
+                             max_num_tokens=512, tokens_per_block=8), device="cpu")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def reference(serve_engine):
+    """The same engine in the test process: what the server must answer for greedy requests."""
+    from ingot import LLM
+
+    return LLM(serve_engine, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def server(serve_engine, tmp_path_factory):
+    """The shared server: no API key, no queue limit."""
+    srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "server.log")
+    yield srv
+    assert srv.stop(signal.SIGTERM) == 0, srv.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def guarded_server(serve_engine, tmp_path_factory):
+    """With --api-key and a queue of 2."""
+    srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "guarded.log",
+                       "--api-key", API_KEY, "--max-queue", "2")
+    yield srv
+    assert srv.stop(signal.SIGINT) == 0, srv.log.read_text()

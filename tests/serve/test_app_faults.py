@@ -1,0 +1,83 @@
+"""Faults inside the server, in process (no engine): an engine that fails still gets OpenAI-shaped
+answers, before and after a stream has started; and the metrics text on known observations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from ingot.errors import EngineError
+from ingot.runtime.stats import EngineStats
+from ingot.serve.app import ServerState, build_app
+from ingot.serve.metrics import Histogram, ServerMetrics
+
+
+class FailingLLM:
+    """Enough of AsyncLLM for the handlers: a byte tokenizer and an engine that raises."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.tokenizer = SimpleNamespace(
+            encode=lambda text: list(text.encode()),
+            decode=lambda ids, skip_special_tokens=True: bytes(ids).decode(errors="replace"))
+        self.spec = SimpleNamespace(build=SimpleNamespace(max_input_len=64, max_seq_len=128),
+                                    model=SimpleNamespace(vocab_size=256), format_version=1)
+
+    async def generate(self, prompt, params, request_id=None):
+        raise self.exc
+        yield  # an async generator, like AsyncLLM.generate
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+
+def call(exc: Exception, body: dict) -> httpx.Response:
+    async def go():
+        app = build_app(ServerState(FailingLLM(exc), "fake"))
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/v1/completions", json=body)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("exc", "status", "code"), [(RuntimeError("boom"), 500, None),
+                                                      (EngineError("loop died"), 503, "engine_stopped")])
+def test_engine_failure_is_an_openai_error(exc, status, code):
+    response = call(exc, {"prompt": "hi", "max_tokens": 2})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == code
+
+
+def test_engine_failure_mid_stream_is_an_error_event_then_done():
+    response = call(EngineError("loop died"), {"prompt": "hi", "max_tokens": 2, "stream": True})
+    assert response.status_code == 200
+    events = [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert json.loads(events[0])["error"]["code"] == "engine_stopped"
+    assert events[-1] == "[DONE]"
+
+
+def test_histogram_is_cumulative():
+    h = Histogram("ingot_x_seconds", "x", (0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 3.0):
+        h.observe(value)
+    lines = h.render()
+    assert 'ingot_x_seconds_bucket{le="0.1"} 2' in lines  # le is inclusive
+    assert 'ingot_x_seconds_bucket{le="1.0"} 3' in lines
+    assert 'ingot_x_seconds_bucket{le="+Inf"} 4' in lines
+    assert "ingot_x_seconds_count 4" in lines and "ingot_x_seconds_sum 3.65" in lines
+
+
+def test_sequence_metrics():
+    m = ServerMetrics()
+    m.observe_sequence(ttft=0.2, e2e=1.2, num_tokens=11, finish_reason="length")
+    m.observe_sequence(ttft=None, e2e=0.0, num_tokens=0, finish_reason="abort")
+    text = m.render(EngineStats(running=2, kv_blocks_total=10, kv_blocks_used=5))
+    assert "ingot_time_per_output_token_seconds_sum 0.1" in text
+    assert 'ingot_request_finished_total{reason="abort"} 1.0' in text
+    assert "ingot_kv_cache_usage_ratio 0.5" in text and "ingot_num_requests_running 2" in text
