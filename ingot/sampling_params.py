@@ -48,6 +48,7 @@ class SamplingParams:
         self._check("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "in [-2, 2]")
         self._check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]")
         self._check("n", self.n >= 1, ">= 1")
+        self._check("seed", self.seed is None or -(2**63) <= self.seed < 2**63, "a 64-bit signed integer")
         self._check("logprobs", self.logprobs is None or self.logprobs >= 0, ">= 0")
         self._check("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
 

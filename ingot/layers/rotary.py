@@ -58,6 +58,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions: (T,) int64; q: (T, num_heads, head_dim); k: (T, num_kv_heads, head_dim)."""
+        if q.is_cuda:
+            from ingot.kernels import apply_rotary
+
+            return apply_rotary(positions, q, k, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1)  # (T, 1, head_dim // 2)
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
