@@ -117,6 +117,33 @@ def latency() -> dict:
     return {**cold, "isl": 128, "osl": 128, "batch_size": 1, "runs": runs, **best}
 
 
+def profile() -> dict:
+    """Where a batch-1 decode step goes: the graph replay alone (GPU) vs the whole step (host)."""
+    import cProfile
+    import io
+    import pstats
+
+    from ingot.sampling_params import SamplingParams
+
+    engine = _engine()
+    _run(engine, _prompts(1, 128, seed=2), 8)
+    graph, _ = engine.runner.graphs.graphs[1]
+    replay_s = timed_cuda(graph.replay, iters=50)
+    engine.add_request(_prompts(1, 128, seed=5)[0], SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
+    engine.step()
+    profiler = cProfile.Profile()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    profiler.enable()
+    for _ in range(100):
+        engine.step()
+    profiler.disable()
+    step_s = (time.perf_counter() - t0) / 100
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+    return {"graph_replay_ms": replay_s * 1e3, "step_ms_profiled": step_s * 1e3, "top": text.getvalue()[-6000:]}
+
+
 def throughput(isl: int, osl: int, num: int) -> dict:
     engine = _engine()
     _run(engine, _prompts(4, 16, seed=3), 4)  # warm-up
@@ -194,7 +221,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     for step in args.steps:
         name, *params = step.split(":")
-        fn = {"ceilings": ceilings, "build": build, "latency": latency, "tput": throughput,
+        fn = {"ceilings": ceilings, "build": build, "latency": latency, "tput": throughput, "profile": profile,
               "peer-latency": peer_latency, "peer-tput": peer_throughput}[name]
         result = fn(*map(int, params))
         result.update(step=step, commit=commit, device=torch.cuda.get_device_name(),

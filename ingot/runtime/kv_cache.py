@@ -45,6 +45,7 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self.key_of: dict[int, BlockKey] = {}  # cached block -> its key
         self.block_of: dict[BlockKey, int] = {}  # key -> cached block
+        self._cached_free = 0  # blocks in the free queue that are also in key_of
 
     @property
     def num_free(self) -> int:
@@ -57,7 +58,8 @@ class BlockPool:
 
     @property
     def num_cached_free(self) -> int:
-        return sum(1 for block in self.key_of if self.ref_counts[block] == 0)
+        """Free blocks that still hold a reusable prefix (kept as a count: read every step)."""
+        return self._cached_free
 
     def allocate(self, count: int) -> list[int]:
         if count > len(self._free):
@@ -74,6 +76,7 @@ class BlockPool:
         """Take one more reference to a block (a prefix hit, or a fork)."""
         if self.ref_counts[block] == 0:
             del self._free[block]
+            self._cached_free -= block in self.key_of
         self.ref_counts[block] += 1
 
     def free(self, blocks: list[int]) -> None:
@@ -84,6 +87,7 @@ class BlockPool:
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 self._free[block] = None
+                self._cached_free += block in self.key_of
 
     def lookup(self, key: BlockKey) -> int | None:
         return self.block_of.get(key)
@@ -95,9 +99,11 @@ class BlockPool:
             self.key_of[block] = key
 
     def _evict(self, block: int) -> None:
+        """Called as a free block is handed out: forget the prefix it held."""
         key = self.key_of.pop(block, None)
         if key is not None:
             del self.block_of[key]
+            self._cached_free -= 1
 
 
 def chain_keys(token_ids: list[int], tokens_per_block: int, keys: list[BlockKey]) -> list[BlockKey]:

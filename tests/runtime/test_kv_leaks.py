@@ -37,6 +37,7 @@ def _check_invariants(pool: BlockPool, scheduler: Scheduler) -> None:
     assert 0 not in free and pool.ref_counts[0] == 0, "the null block is never handed out"
     for key, block in pool.block_of.items():
         assert pool.key_of[block] == key
+    assert pool.num_cached_free == sum(1 for block in pool.key_of if pool.ref_counts[block] == 0)
     assert len(pool.block_of) == len(pool.key_of)
 
 
