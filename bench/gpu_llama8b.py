@@ -117,8 +117,8 @@ def latency() -> dict:
     return {**cold, "isl": 128, "osl": 128, "batch_size": 1, "runs": runs, **best}
 
 
-def profile() -> dict:
-    """Where a batch-1 decode step goes: the graph replay alone (GPU) vs the whole step (host)."""
+def profile(batch: int = 1) -> dict:
+    """Where a decode step goes: the graph replay alone (GPU) vs the whole step (host)."""
     import cProfile
     import io
     import pstats
@@ -127,10 +127,13 @@ def profile() -> dict:
 
     engine = _engine()
     _run(engine, _prompts(1, 128, seed=2), 8)
-    graph, _ = engine.runner.graphs.graphs[1]
+    graph, _ = engine.runner.graphs.graphs[engine.runner.graphs.padded_size(batch)]
     replay_s = timed_cuda(graph.replay, iters=50)
-    engine.add_request(_prompts(1, 128, seed=5)[0], SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
-    engine.step()
+    for prompt in _prompts(batch, 128, seed=5):
+        engine.add_request(prompt, SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
+    while engine.stats.running < batch or any(r.num_computed_tokens < r.num_prompt_tokens
+                                               for r in engine.scheduler.running):
+        engine.step()
     profiler = cProfile.Profile()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -141,7 +144,8 @@ def profile() -> dict:
     step_s = (time.perf_counter() - t0) / 100
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-    return {"graph_replay_ms": replay_s * 1e3, "step_ms_profiled": step_s * 1e3, "top": text.getvalue()[-6000:]}
+    return {"batch_size": batch, "graph_replay_ms": replay_s * 1e3, "step_ms_profiled": step_s * 1e3,
+            "top": text.getvalue()[-6000:]}
 
 
 def throughput(isl: int, osl: int, num: int) -> dict:

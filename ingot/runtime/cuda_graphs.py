@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 
+import numpy as np
 import torch
 
 from ingot.attention import AttentionMetadata
@@ -71,19 +72,26 @@ class DecodeGraphs:
         hidden = self.model(self.input_ids[:size], self.positions[:size], self.kv_layers, meta)
         return self.model.compute_logits(hidden)
 
+    @property
+    def max_blocks(self) -> int:
+        return self.block_tables.shape[1]
+
     def replay(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-               tables: list[list[int]]) -> torch.Tensor:
-        """Run a decode step of len(input_ids) sequences; returns their logits (n, vocab)."""
+               tables: np.ndarray) -> torch.Tensor:
+        """Run a decode step of len(input_ids) sequences; returns their logits (n, vocab).
+        tables: (padded_size(n), max_blocks) int32, rows past n all zeros."""
         n = len(input_ids)
         size = self.padded_size(n)
-        pad = size - n
-        self.input_ids[:size].copy_(torch.tensor(input_ids + [0] * pad), non_blocking=True)
-        self.positions[:size].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
-        self.slot_mapping[:size].copy_(torch.tensor(slots + [0] * pad), non_blocking=True)
-        self.seq_lens[:size].copy_(torch.tensor(seq_lens + [1] * pad, dtype=torch.int32), non_blocking=True)
-        width = self.block_tables.shape[1]
-        rows = [t + [0] * (width - len(t)) for t in tables] + [[0] * width] * pad
-        self.block_tables[:size].copy_(torch.tensor(rows, dtype=torch.int32), non_blocking=True)
+        # One host array, one copy: ids | positions | slots | seq_lens, padded rows as documented.
+        packed = np.empty((4, size), dtype=np.int64)
+        packed[0, :n], packed[1, :n], packed[2, :n], packed[3, :n] = input_ids, positions, slots, seq_lens
+        packed[:3, n:], packed[3, n:] = 0, 1
+        staged = torch.from_numpy(packed).to(self.input_ids.device, non_blocking=True)
+        self.input_ids[:size].copy_(staged[0])
+        self.positions[:size].copy_(staged[1])
+        self.slot_mapping[:size].copy_(staged[2])
+        self.seq_lens[:size].copy_(staged[3])
+        self.block_tables[:size].copy_(torch.from_numpy(tables), non_blocking=True)
         graph, logits = self.graphs[size]
         graph.replay()
         return logits[:n]

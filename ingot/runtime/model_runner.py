@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ingot.attention import AttentionMetadata
@@ -50,8 +51,9 @@ class ModelRunner:
         block_size = self.pool.tokens_per_block
         positions = [r.num_computed_tokens for r in requests]
         slots = [r.block_ids[p // block_size] * block_size + p % block_size for r, p in zip(requests, positions)]
+        tables = block_table_array(requests, self.graphs.max_blocks, self.graphs.padded_size(len(requests)))
         logits = self.graphs.replay([r.token_ids[p] for r, p in zip(requests, positions)], positions, slots,
-                                    [p + 1 for p in positions], [r.block_ids for r in requests])
+                                    [p + 1 for p in positions], tables)
         return list(range(len(requests))), logits
 
     def prepare(self, requests: list[Request], num_new_tokens: list[int]) -> StepInputs:
@@ -68,19 +70,17 @@ class ModelRunner:
             end = start + num
             input_ids.extend(request.token_ids[start:end])
             positions.extend(range(start, end))
-            blocks = request.block_ids
-            slots.extend(blocks[t // block_size] * block_size + t % block_size for t in range(start, end))
+            slots.extend(slot_range(request.block_ids, start, end, block_size))
             query_start_loc.append(query_start_loc[-1] + num)
             seq_lens.append(end)
             if end == request.num_tokens:  # prompt complete (or decoding): the next token is due
                 sample_rows.append(row)
                 sample_index.append(query_start_loc[-1] - 1)
-        max_blocks = max(len(r.block_ids) for r in requests)
-        tables = [r.block_ids + [0] * (max_blocks - len(r.block_ids)) for r in requests]
+        tables = block_table_array(requests, max(len(r.block_ids) for r in requests))
         metadata = AttentionMetadata(
             query_start_loc=self._tensor(query_start_loc, torch.int32),
             seq_lens=self._tensor(seq_lens, torch.int32),
-            block_tables=self._tensor(tables, torch.int32),
+            block_tables=torch.from_numpy(tables).to(self.device, non_blocking=True),
             slot_mapping=self._tensor(slots, torch.int64),
             query_start_loc_cpu=query_start_loc,
             seq_lens_cpu=seq_lens,
@@ -98,3 +98,19 @@ class ModelRunner:
     def _tensor(self, data, dtype: torch.dtype) -> torch.Tensor:
         # Built on the host and copied once; pinned, non-blocking copies come with the GPU path.
         return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+
+
+def slot_range(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """Cache slots of token positions [start, end) of a sequence with this block table."""
+    if end - start <= 8:  # decode: a few tokens, plain Python is cheaper than numpy
+        return [block_ids[t // block_size] * block_size + t % block_size for t in range(start, end)]
+    positions = np.arange(start, end)
+    return (np.asarray(block_ids)[positions // block_size] * block_size + positions % block_size).tolist()
+
+
+def block_table_array(requests: list[Request], width: int, rows: int | None = None) -> np.ndarray:
+    """(rows, width) int32 block tables padded with the null block 0 (rows >= len(requests))."""
+    table = np.zeros((rows or len(requests), width), dtype=np.int32)
+    for i, request in enumerate(requests):
+        table[i, : len(request.block_ids)] = request.block_ids
+    return table
