@@ -30,9 +30,22 @@ def checkpoint(tmp_path_factory):
         model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
     model.save_pretrained(directory)  # the real loader reads what transformers wrote
     write_tokenizer(directory)
-    # The reference runs in fp32 on the same bf16-rounded weights: transformers' own bf16 path
-    # rounds cos/sin to bf16, which at positions in the hundreds is a larger error than ours.
-    return directory, model.float()
+    # The reference runs in fp32 on the same bf16-rounded weights. `.to(bfloat16)` also rounded
+    # transformers' rotary inv_freq buffer to bf16 (angles off by ~0.5 rad at position 300), so
+    # it is recomputed in fp32 by transformers' own rope function.
+    model = model.float()
+    _restore_fp32_rope(model)
+    return directory, model
+
+
+def _restore_fp32_rope(model) -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rotary = model.model.rotary_emb
+    init = rotary.compute_default_rope_parameters if rotary.rope_type == "default" \
+        else ROPE_INIT_FUNCTIONS[rotary.rope_type]
+    inv_freq, _ = init(model.config)
+    rotary.inv_freq = inv_freq.float().to("cuda")
 
 
 @pytest.fixture(scope="module")
