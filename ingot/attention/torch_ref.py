@@ -53,21 +53,24 @@ def _attend(q, keys, values, scale, sliding_window):
 def _decode(q, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
     """One query per sequence: all sequences at once, contexts padded to the widest block table.
 
-    q: (B, H, D). Slots past a sequence's length are masked, and zeroed too: the pool is
-    uninitialised memory, and a NaN there would survive a zero attention weight.
+    q: (B, H, D), viewed as (B, Hkv, group, D) so GQA needs no repeated K/V. Slots past a
+    sequence's length are masked in the scores and zeroed in V: the pool is uninitialised
+    memory, and a NaN there would survive a zero attention weight.
     """
-    num_seqs, num_heads, _ = q.shape
+    num_seqs, num_heads, head_dim = q.shape
     tables = metadata.block_tables  # (B, W)
-    keys = kv_cache[0, tables].flatten(1, 2)  # (B, W * block_size, Hkv, D)
+    keys = kv_cache[0, tables].flatten(1, 2)  # (B, L = W * block_size, Hkv, D), a gathered copy
     values = kv_cache[1, tables].flatten(1, 2)
+    num_kv_heads = keys.shape[2]
     positions = torch.arange(keys.shape[1], device=q.device).unsqueeze(0)  # (1, L)
     seq_lens = metadata.seq_lens.unsqueeze(1).long()  # (B, 1); the query sits at seq_len - 1
     valid = positions < seq_lens
     if sliding_window is not None:
         valid &= positions >= seq_lens - sliding_window
-    keep = valid[:, :, None, None]
-    group = num_heads // keys.shape[2]
-    kh = torch.where(keep, keys, 0).to(q.dtype).transpose(1, 2).repeat_interleave(group, dim=1)  # (B, H, L, D)
-    vh = torch.where(keep, values, 0).to(q.dtype).transpose(1, 2).repeat_interleave(group, dim=1)
-    out = F.scaled_dot_product_attention(q.unsqueeze(2), kh, vh, attn_mask=valid[:, None, None, :], scale=scale)
-    return out.squeeze(2)  # (B, H, D)
+    values.masked_fill_(~valid[:, :, None, None], 0)
+    qg = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.matmul(qg, keys.permute(0, 2, 3, 1).to(q.dtype)).float() * scale  # (B, Hkv, G, L)
+    scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    out = torch.matmul(probs, values.transpose(1, 2).to(q.dtype))  # (B, Hkv, G, D)
+    return out.reshape(num_seqs, num_heads, head_dim)
