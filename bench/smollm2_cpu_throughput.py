@@ -90,7 +90,8 @@ def main() -> int:
                  "num_requests": args.peer_requests or args.num_requests},
         "notes": "CPU only; no compute-ceiling ratio (the ceiling protocol is for GPUs)",
     }
-    out = Path(args.out) / f"{datetime.date.today()}-cpu-smollm2-throughput-{args.isl}-{args.osl}.json"
+    stamp = datetime.datetime.now().strftime("%H%M")
+    out = Path(args.out) / f"{datetime.date.today()}-cpu-smollm2-throughput-{args.isl}-{args.osl}-{stamp}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
