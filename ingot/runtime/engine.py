@@ -188,7 +188,7 @@ class LLMEngine:
         outputs = []
         for i, request in enumerate(requests):
             token = result.token_ids[i]
-            request.token_ids.append(token)
+            request.append_token(token)
             self._totals["generated"] += 1
             if request.params.logprobs is not None:
                 request.logprobs.append(_logprob_entry(token, result, i))

@@ -45,6 +45,11 @@ class Request:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+        self._output_ids: list[int] = []  # the output part of token_ids, kept apart so no step slices it
+
+    def append_token(self, token: int) -> None:
+        self.token_ids.append(token)
+        self._output_ids.append(token)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -56,7 +61,8 @@ class Request:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        """The generated tokens: the live list (read it, copy it to keep it; never mutate it)."""
+        return self._output_ids
 
     @property
     def num_output_tokens(self) -> int:

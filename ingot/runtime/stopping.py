@@ -56,7 +56,7 @@ def output_of(request: Request, delta_text: str) -> RequestOutput:
     completion = CompletionOutput(
         index=request.sample_index,
         text=request.output_text,
-        token_ids=request.output_token_ids,
+        token_ids=list(request.output_token_ids),  # a snapshot: the request keeps growing
         finish_reason=request.finish_reason,
         stop_reason=request.stop_reason,
         logprobs=request.logprobs if request.params.logprobs is not None else None,

@@ -66,7 +66,7 @@ def test_scheduler_grows_block_tables_across_boundaries_and_frees_them():
     for step in range(6):  # decode: one token each, crossing block boundaries
         for request, num in zip(batch.requests, batch.num_new_tokens):
             request.num_computed_tokens += num
-            request.token_ids.append(0)
+            request.append_token(0)
         batch = scheduler.schedule()
         assert batch.num_new_tokens == [1, 1]
     assert len(a.block_ids) == blocks_needed(a.num_computed_tokens + 1, 4)
@@ -100,7 +100,7 @@ def test_preemption_frees_blocks_and_requeues_the_newest():
     batch = scheduler.schedule()
     for request, num in zip(batch.requests, batch.num_new_tokens):
         request.num_computed_tokens += num
-        request.token_ids.append(0)
+        request.append_token(0)
     batch = scheduler.schedule()  # a needs a third block: none free, so b is preempted
     assert batch.requests == [a] and batch.preempted == [b]
     assert b.block_ids == [] and b.num_computed_tokens == 0 and scheduler.waiting[0] is b

@@ -75,7 +75,7 @@ def _fake_step(scheduler: Scheduler, kv: KVCacheManager, live: list[Request], to
         request.num_computed_tokens += num
         kv.register_computed(request)
         if request.num_computed_tokens == request.num_tokens:
-            request.token_ids.append(token % 4)
+            request.append_token(token % 4)
             if request.num_output_tokens >= request.params.max_tokens:
                 scheduler.finish(request)
                 live.remove(request)
