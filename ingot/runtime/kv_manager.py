@@ -42,6 +42,8 @@ class KVCacheManager:
 
     def allocate(self, request: Request, num_new_tokens: int, cached: list[int] = ()) -> bool:
         """Adopt `cached` (marking their tokens computed) and add blocks for num_new_tokens; all or nothing."""
+        if not cached and request.num_computed_tokens + num_new_tokens <= len(request.block_ids) * self.tokens_per_block:
+            return True  # the common decode step: the last block still has room
         fresh = self.blocks_to_add(request, num_new_tokens, cached)
         if fresh > self.free_after_adopting(cached):
             return False
