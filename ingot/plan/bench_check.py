@@ -1,8 +1,8 @@
 """Hold the planner to ingot's own measurements in bench/results/*.json.
 
 A record (fields per shared/BENCHMARKS.md) is compared when the planner can describe it:
-its `device` is in the GPU table, its `model` resolves (preset, or config path relative to
-the repo or shared/), its dtype/quant is a planner precision, and it has isl, osl and a
+its `device` is in the GPU table, its `model_preset` (else `model`) resolves (preset, or config
+path relative to the repo or shared/), its dtype/quant is a planner precision, and it has isl, osl and a
 figure: `decode_tok_s` (decode tokens per second, all sequences together) or `output_tok_s`
 (offline output tokens per second). Concurrency is batch_size, else concurrency, else
 min(num_requests, max_batch_size); the layout is tp x pp (x ep) when recorded, else one GPU.
@@ -77,7 +77,7 @@ def compare_record(path: Path, record: dict[str, Any], search_dirs: tuple[Path, 
     tp, pp, ep = (int(record.get(k) or 1) for k in ("tp", "pp", "ep"))
     concurrency = _concurrency(record)
     try:
-        plan = make_plan(model=str(record.get("model", "")), gpu=gpu.key, precision=_precision(record),
+        plan = make_plan(model=str(record.get("model_preset") or record.get("model", "")), gpu=gpu.key, precision=_precision(record),
                          kv_cache_dtype=record.get("kv_cache_dtype"), isl=record.get("isl"),
                          osl=record.get("osl"), concurrency=concurrency, num_gpus=tp * pp,
                          search_dirs=search_dirs)

@@ -51,6 +51,11 @@ INTERNODE_GBS = 50.0
 INTERNODE_LATENCY_S = 10e-6
 # Host work per engine step that CUDA graphs don't hide: schedule, sample, detokenize.
 STEP_OVERHEAD_S = 0.5e-3
+# ...and the part that grows with the batch: ingot's loop schedules, samples and post-processes
+# each sequence between GPU steps, not yet overlapped with them. Measured on an H200 (Llama-8B
+# shape, bf16): a batch-256 decode step is 7.2 ms of graph replay and ~15 ms end to end under
+# cProfile, i.e. ~30 us per sequence with the profiler's cost, ~25 us without it.
+HOST_S_PER_SEQUENCE_STEP = 25e-6
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def estimate(shape: ModelShape, precision: Precision, execution: Execution, gpu:
     ctx = env.isl + env.osl / 2  # average context a decode step attends over
     micro = -(-concurrency // layout.pp)
     step, bound, nbytes, comm = _decode_step_s(shape, precision, execution, gpu, layout, micro, ctx)
-    round_s = layout.pp * step + STEP_OVERHEAD_S
+    round_s = layout.pp * step + STEP_OVERHEAD_S + concurrency * HOST_S_PER_SEQUENCE_STEP
     token_s = _prefill_token_s(shape, precision, execution, gpu, layout, env.isl)
     prefill_tok_s = layout.pp / token_s  # stages work on different chunks at once
     prompt_bytes = env.isl * shape.hidden_size * DTYPE_BYTES[precision.act_dtype]
