@@ -60,6 +60,18 @@ class Sampler:
             return SamplerOutput(token_ids.tolist(), None, None)
         return _with_logprobs(token_ids, logprobs, rows)
 
+    def sample_ids(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Token ids as a device tensor, without waiting for the device: for rows that want no
+        logprobs (the engine's overlapped decode path). (num_rows,) int64."""
+        assert all(r.params.logprobs is None for r in rows)
+        logits = apply_penalties(logits.float(), rows)
+        token_ids = logits.argmax(dim=-1)
+        greedy = [r.params.greedy for r in rows]
+        if not all(greedy):
+            sampled = _sample(_filter(_apply_temperature(logits, rows), rows), rows)
+            token_ids = torch.where(torch.tensor(greedy, device=logits.device), token_ids, sampled)
+        return token_ids
+
 
 # -- penalties --------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class DecodeGraphs:
         return self.block_tables.shape[1]
 
     def replay(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-               tables: np.ndarray) -> torch.Tensor:
+               tables: np.ndarray, device_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run a decode step of len(input_ids) sequences; returns their logits (n, vocab).
         tables: (padded_size(n), max_blocks) int32, rows past n all zeros."""
         n = len(input_ids)
@@ -92,6 +92,8 @@ class DecodeGraphs:
         self.slot_mapping[:size].copy_(staged[2])
         self.seq_lens[:size].copy_(staged[3])
         self.block_tables[:size].copy_(torch.from_numpy(tables), non_blocking=True)
+        if device_ids is not None:  # tokens sampled by the previous step, never seen by the host
+            self.input_ids[:n].copy_(device_ids)
         graph, logits = self.graphs[size]
         graph.replay()
         return logits[:n]

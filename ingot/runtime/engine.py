@@ -23,6 +23,7 @@ from ingot.runtime.kv_sizing import plan_pool
 from ingot.runtime.loader import load_engine
 from ingot.runtime.model_runner import ModelRunner
 from ingot.runtime.outputs import CompletionOutput, RequestOutput
+from ingot.runtime.overlap import PendingStep
 from ingot.runtime.request import Request
 from ingot.runtime.scheduler import Scheduler
 from ingot.runtime.stats import EngineStats
@@ -44,7 +45,8 @@ def resolve_backend(name: str, device: str | None) -> str:
 class LLMEngine:
     def __init__(self, engine_dir: str | Path, cache_config: CacheConfig | None = None,
                  device: str | None = None, attention_backend: str = "auto",
-                 scheduler_config: SchedulerConfig | None = None, enforce_eager: bool = False) -> None:
+                 scheduler_config: SchedulerConfig | None = None, enforce_eager: bool = False,
+                 async_output: bool | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.attention_backend = resolve_backend(attention_backend, device)
         self.spec, self.model, self.device = load_engine(engine_dir, get_backend(self.attention_backend), device)
@@ -66,6 +68,9 @@ class LLMEngine:
         self.sampler = Sampler()
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        # Overlap host post-processing with the GPU (default on CUDA, where it pays).
+        self.async_output = self.device.type == "cuda" if async_output is None else async_output
+        self._pending: PendingStep | None = None
         self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0}
         self.stats = self._snapshot(0)
 
@@ -133,6 +138,7 @@ class LLMEngine:
         """Stop a request and free its KV blocks at once; returns it (None if unknown or done)."""
         request = self.requests.pop(request_id, None)
         if request is not None and not request.is_finished:
+            request.drop_placeholder()
             request.finish_reason = "abort"
             self.scheduler.finish(request)
             self.stats = self._snapshot(self.stats.tokens_scheduled)  # freed blocks show at once
@@ -145,30 +151,83 @@ class LLMEngine:
             return RequestOutput(request_id, None, [], [CompletionOutput(0, "", [], "abort")], finished=True)
         return output_of(request, "")
 
-    def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
-
     # ---- the step ----
 
     def step(self) -> list[RequestOutput]:
         """One engine step: schedule -> execute -> sample -> update. Returns the outputs of the
-        requests that produced a token (or finished) in this step."""
+        requests that produced a token (or finished) in this step.
+
+        Overlap (async_output): a pure-decode step is launched without waiting for its tokens;
+        the next step is scheduled and launched first, feeding those tokens from the device, and
+        only then are they read back and post-processed (stop checks, detokenizing), while the
+        GPU computes. A request that stopped has computed one extra token, which is dropped.
+        """
+        pending, self._pending = self._pending, None
         batch = self.scheduler.schedule()
-        outputs = []
-        if batch.requests:
-            rows, logits = self.runner.execute(batch.requests, batch.num_new_tokens)
-            self._account(batch)
-            sampled = [batch.requests[row] for row in rows]
-            outputs = self._sample_and_update(sampled, logits) if sampled else []
+        outputs: list[RequestOutput] = []
+        chained = pending is not None and batch.requests and self._overlappable(batch) \
+            and all(r in pending.row_of for r in batch.requests)
+        if chained:
+            launched = self._launch(batch, pending)
+            outputs = self._resolve(pending)
+            self._pending = launched.placeholders_for_unfinished()
+        else:
+            if pending is not None:
+                outputs = self._resolve(pending)
+                _drop_finished(batch)
+            if batch.requests and self.async_output and self._overlappable(batch):
+                self._pending = self._launch(batch, None).placeholders_for_unfinished()
+            elif batch.requests:
+                rows, logits = self.runner.execute(batch.requests, batch.num_new_tokens)
+                self._account(batch)
+                sampled = [batch.requests[row] for row in rows]
+                outputs += self._sample_and_update(sampled, logits) if sampled else []
         self.stats = self._snapshot(batch.total_tokens)
         return outputs
 
-    def _account(self, batch) -> None:
+    def _overlappable(self, batch) -> bool:
+        """Pure decode, and nothing needs this step's tokens on the host before the next launch."""
+        return all(n == 1 for n in batch.num_new_tokens) and all(
+            r.params.logprobs is None and not _needs_history(r.params) for r in batch.requests)
+
+    def _launch(self, batch, previous: PendingStep | None) -> PendingStep:
+        """Execute and sample without reading the tokens back; they stay on the device."""
+        input_ids = None
+        if previous is not None:
+            rows = torch.tensor([previous.row_of[r] for r in batch.requests], device=self.device)
+            input_ids = previous.token_ids.index_select(0, rows)
+        _, logits = self.runner.execute(batch.requests, batch.num_new_tokens, input_ids)
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in batch.requests]
+        token_ids = self.sampler.sample_ids(logits, rows)
+        self._account(batch, register=False)  # blocks are published once their tokens are known
+        return PendingStep.start(batch.requests, token_ids)
+
+    def _resolve(self, pending: PendingStep) -> list[RequestOutput]:
+        """Read a launched step's tokens back and post-process them."""
+        outputs = []
+        for request, token in zip(pending.requests, pending.read_tokens()):
+            if request.is_finished:
+                continue  # aborted while in flight
+            request.resolve_placeholder(token)
+            self._totals["generated"] += 1
+            self.kv.register_computed(request)
+            delta = apply_stop_conditions(request, token, self.spec.build.max_seq_len)
+            if request.finish_reason is not None:
+                self.scheduler.finish(request)  # blocks reused only by later launches: stream order
+                self.requests.pop(request.request_id, None)
+            outputs.append(output_of(request, delta))
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self._pending is not None or self.scheduler.has_unfinished()
+
+    def _account(self, batch, register: bool = True) -> None:
         for request, num in zip(batch.requests, batch.num_new_tokens):
             computed_prompt = max(min(request.num_prompt_tokens - request.num_computed_tokens, num), 0)
             self._totals["prompt_computed"] += computed_prompt
             request.num_computed_tokens += num
-            self.kv.register_computed(request)
+            if register:
+                self.kv.register_computed(request)
         self._totals["steps"] += 1
 
     def _snapshot(self, tokens_scheduled: int) -> EngineStats:
@@ -198,6 +257,18 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
             outputs.append(output_of(request, delta))
         return outputs
+
+
+def _needs_history(params: SamplingParams) -> bool:
+    """Penalties read the previous tokens, so such a row cannot be sampled before they are known."""
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+def _drop_finished(batch) -> None:
+    """Requests that stopped while this batch was being scheduled leave it (their blocks are freed)."""
+    keep = [i for i, r in enumerate(batch.requests) if not r.is_finished]
+    batch.requests = [batch.requests[i] for i in keep]
+    batch.num_new_tokens = [batch.num_new_tokens[i] for i in keep]
 
 
 def _logprob_entry(token: int, result, i: int) -> dict[int, float]:

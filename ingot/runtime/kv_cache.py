@@ -106,9 +106,12 @@ class BlockPool:
             self._cached_free -= 1
 
 
-def chain_keys(token_ids: list[int], tokens_per_block: int, keys: list[BlockKey]) -> list[BlockKey]:
-    """Extend `keys` (the keys of the first len(keys) full blocks) to cover every full block."""
-    for index in range(len(keys), len(token_ids) // tokens_per_block):
+def chain_keys(token_ids: list[int], tokens_per_block: int, keys: list[BlockKey],
+               limit: int | None = None) -> list[BlockKey]:
+    """Extend `keys` (the keys of the first len(keys) full blocks) to cover every full block,
+    or the first `limit` blocks (tokens past them may not be known yet)."""
+    full = len(token_ids) // tokens_per_block
+    for index in range(len(keys), full if limit is None else min(full, limit)):
         block_tokens = tuple(token_ids[index * tokens_per_block:(index + 1) * tokens_per_block])
         keys.append(hash((keys[-1] if keys else None, block_tokens)))
     return keys

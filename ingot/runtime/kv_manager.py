@@ -62,7 +62,7 @@ class KVCacheManager:
         full = request.num_computed_tokens // self.tokens_per_block
         if full <= request.num_registered_blocks:
             return
-        keys = chain_keys(request.token_ids, self.tokens_per_block, request.block_keys)
+        keys = chain_keys(request.token_ids, self.tokens_per_block, request.block_keys, limit=full)
         for index in range(request.num_registered_blocks, full):
             self.pool.register(request.block_ids[index], keys[index])
         request.num_registered_blocks = full

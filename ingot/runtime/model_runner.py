@@ -35,25 +35,32 @@ class ModelRunner:
         self.graphs = graphs  # CUDA graphs for pure-decode steps, when captured
 
     @torch.inference_mode()
-    def execute(self, requests: list[Request], num_new_tokens: list[int]) -> tuple[list[int], torch.Tensor]:
-        """Run the step; return (which batch rows sample, their logits (num_sampled, vocab) fp32)."""
+    def execute(self, requests: list[Request], num_new_tokens: list[int],
+                input_ids: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+        """Run the step; return (which batch rows sample, their logits (num_sampled, vocab) fp32).
+        input_ids (pure decode only): this step's tokens already on the device, (num_requests,),
+        when the host does not know them yet (they were sampled by the step still in flight)."""
         if self.graphs is not None and len(requests) <= self.graphs.max_batch_size \
                 and all(n == 1 for n in num_new_tokens):
-            return self._decode_with_graph(requests)
+            return self._decode_with_graph(requests, input_ids)
         inputs = self.prepare(requests, num_new_tokens)
+        if input_ids is not None:
+            inputs.input_ids = input_ids
         hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
         if not inputs.sample_rows:
             return [], hidden.new_empty((0, 0), dtype=torch.float32)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_token_index))
         return inputs.sample_rows, logits
 
-    def _decode_with_graph(self, requests: list[Request]) -> tuple[list[int], torch.Tensor]:
+    def _decode_with_graph(self, requests: list[Request], input_ids: torch.Tensor | None
+                           ) -> tuple[list[int], torch.Tensor]:
         block_size = self.pool.tokens_per_block
         positions = [r.num_computed_tokens for r in requests]
         slots = [r.block_ids[p // block_size] * block_size + p % block_size for r, p in zip(requests, positions)]
         tables = block_table_array(requests, self.graphs.max_blocks, self.graphs.padded_size(len(requests)))
-        logits = self.graphs.replay([r.token_ids[p] for r, p in zip(requests, positions)], positions, slots,
-                                    [p + 1 for p in positions], tables)
+        host_ids = [0] * len(requests) if input_ids is not None else \
+            [r.token_ids[p] for r, p in zip(requests, positions)]
+        logits = self.graphs.replay(host_ids, positions, slots, [p + 1 for p in positions], tables, input_ids)
         return list(range(len(requests))), logits
 
     def prepare(self, requests: list[Request], num_new_tokens: list[int]) -> StepInputs:

@@ -18,7 +18,7 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests live in lists and dicts, compared by who they are
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -50,6 +50,17 @@ class Request:
     def append_token(self, token: int) -> None:
         self.token_ids.append(token)
         self._output_ids.append(token)
+
+    def resolve_placeholder(self, token: int) -> None:
+        """The last token was a placeholder for a step in flight (see runtime/overlap.py)."""
+        self.token_ids[-1] = token
+        self._output_ids[-1] = token
+
+    def drop_placeholder(self) -> None:
+        """An aborted request's step in flight will never be read back."""
+        if self._output_ids and self._output_ids[-1] < 0:
+            self.token_ids.pop()
+            self._output_ids.pop()
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -28,13 +28,15 @@ def _workload(seed: int = 0):
     return work
 
 
-def _engine(engine_dir, policy="max_utilization", prefix=True, max_num_tokens=64, cache_bytes=None):
+def _engine(engine_dir, policy="max_utilization", prefix=True, max_num_tokens=64, cache_bytes=None,
+            async_output=False):
     from ingot.builder.engine_format import read_spec
 
     build = read_spec(engine_dir).build
     return LLMEngine(engine_dir, CacheConfig(enable_prefix_caching=prefix, max_cache_bytes=cache_bytes),
                      device="cpu",
-                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens))
+                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens),
+                     async_output=async_output)
 
 
 def _run_mixed(engine: LLMEngine, work) -> tuple[dict[int, list[int]], list]:
@@ -75,6 +77,9 @@ CASES = {
     "chunked-7-noprefix": dict(policy="guaranteed_no_evict", prefix=False, max_num_tokens=7),
     "tiny-pool-preempts": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072),
     "tiny-pool-no-evict": dict(policy="guaranteed_no_evict", prefix=True, cache_bytes=20 * 3072),
+    # decode steps overlapped with post-processing (the CUDA default), here on the eager CPU path
+    "overlap-prefix": dict(policy="max_utilization", prefix=True, async_output=True),
+    "overlap-tiny-pool": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072, async_output=True),
 }
 
 
