@@ -56,15 +56,18 @@ def ceilings() -> dict:
             "matmul_tflops": 2 * 8192**3 / mm_s / 1e12}
 
 
-def build() -> dict:
+def build(max_batch_size: int = 256) -> dict:
+    """build:N builds with max_batch_size N (CUDA graphs up to N) and uses that engine afterwards."""
     from ingot.builder.build import build_engine
     from ingot.config import BuildConfig
 
+    global ENGINE
+    ENGINE = ENGINE.with_name(f"llama-3.1-8b-bf16-b{max_batch_size}")
     started = time.perf_counter()
-    spec = build_engine(str(CONFIG), ENGINE, BuildConfig(dtype="bf16", max_batch_size=256, max_seq_len=4352,
+    spec = build_engine(str(CONFIG), ENGINE, BuildConfig(dtype="bf16", max_batch_size=max_batch_size, max_seq_len=4352,
                                                          max_input_len=2048, max_num_tokens=8192),
                         device="cuda", load_format="dummy")
-    return {"build_s": time.perf_counter() - started, "tactics": spec.tactics,
+    return {"build_s": time.perf_counter() - started, "max_batch_size": max_batch_size, "tactics": spec.tactics,
             "weight_bytes": (ENGINE / "rank0.safetensors").stat().st_size}
 
 
