@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ingot import envs
 from ingot.attention import get_backend
 from ingot.config import CacheConfig, SchedulerConfig
 from ingot.errors import RequestError
@@ -51,6 +52,8 @@ class LLMEngine:
                  scheduler_config: SchedulerConfig | None = None, enforce_eager: bool = False,
                  async_output: bool | None = None) -> None:
         self.engine_dir = Path(engine_dir)
+        if envs.num_cpu_threads():
+            torch.set_num_threads(envs.num_cpu_threads())
         self.attention_backend = resolve_backend(attention_backend, device)
         self.spec, self.model, self.device = load_engine(engine_dir, get_backend(self.attention_backend), device)
         # Engines built with --load-format dummy have no tokenizer: they take token ids only.
