@@ -25,13 +25,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingot", description="Build and run LLM inference engines.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a verb whose module is not in this checkout yet
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
