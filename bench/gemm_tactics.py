@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 import time
 
 import torch
+from benchlib import median_cuda_seconds
 
 from ingot.config import ModelConfig
 from ingot.tactics import GEMM_NAMES, gemm_shapes, tune_gemms_with_timings
@@ -29,18 +29,7 @@ BUCKETS = [1, 8, 32, 64, 128, 256, 512, 2048]
 
 
 def _median_ms(fn, reps: int = 20) -> float:
-    for _ in range(5):  # clocks up, caches and handles warm
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_cuda_seconds(fn, reps, warmup=5) * 1e3  # 5 warm-ups: clocks up, caches warm
 
 
 def ceilings() -> dict:

@@ -24,24 +24,14 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import median_cuda_seconds
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "llama-3.1-8b.json"  # copy of shared/configs
 ENGINE = Path("/tmp/ingot-engines/llama-3.1-8b-bf16")
 
 
 def timed_cuda(fn, iters: int = 20) -> float:
-    """Median seconds per call, by CUDA events, after warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
+    return median_cuda_seconds(fn, iters)
 
 
 def ceilings() -> dict:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchlib import record_header, write_record
 
 
 def ingot_run(engine_dir: Path, prompt_ids: list[int], osl: int) -> tuple[float, float]:
@@ -77,10 +75,7 @@ def main() -> int:
     best = lambda runs: (min(r[0] for r in runs), max(r[1] for r in runs))  # noqa: E731
     (ttft, tok_s), (peer_ttft, peer_tok_s) = best(ours), best(peer)
     record = {
-        "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **record_header(),
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized)", "dtype": "fp32", "quant": None,
         "isl": args.isl, "osl": args.osl, "batch_size": 1, "repeats": args.repeats,
         "decode_tok_s": round(tok_s, 2), "ttft_ms": round(ttft * 1e3, 1), "build_s": round(build_s, 2),
@@ -91,8 +86,7 @@ def main() -> int:
         "notes": "best of repeats; CPU numbers only, no floor ratio (the floor protocol is for GPUs)",
     }
     out = Path(args.out) / f"{datetime.date.today()}-cpu-smollm2-decode-b1.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    write_record(out, record)
     return 0
 
 

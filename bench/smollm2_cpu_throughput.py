@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchlib import record_header, write_record
 
 
 def ingot_throughput(engine_dir: Path, prompts: list[list[int]], osl: int) -> float:
@@ -78,10 +76,7 @@ def main() -> int:
     except Exception as exc:  # recorded, not hidden: the peer may not run on CPU in every version
         peer, peer_error = None, repr(exc)
     record = {
-        "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **record_header(),
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized)", "dtype": "fp32", "quant": None,
         "isl": args.isl, "osl": args.osl, "num_requests": args.num_requests,
         "output_tok_s": round(ours, 2),
@@ -92,8 +87,7 @@ def main() -> int:
     }
     stamp = datetime.datetime.now().strftime("%H%M")
     out = Path(args.out) / f"{datetime.date.today()}-cpu-smollm2-throughput-{args.isl}-{args.osl}-{stamp}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    write_record(out, record)
     return 0
 
 

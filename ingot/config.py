@@ -106,7 +106,6 @@ class ModelConfig:
         archs = hf.get("architectures") or []
         _require(len(archs) == 1, f"config.json: 'architectures' must name one architecture, got {archs!r}")
         arch = archs[0]
-        num_heads = hf["num_attention_heads"]
         rope_theta, rope_scaling = _read_rope(hf)
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
@@ -117,18 +116,10 @@ class ModelConfig:
             sliding = sliding if hf.get("use_sliding_window", False) else None
         return cls(
             architecture=arch,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
+            **hf_shape_fields(hf),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
-            max_position_embeddings=hf.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=is_qwen2 or attention_bias,
             o_bias=attention_bias and not is_qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -136,9 +127,25 @@ class ModelConfig:
             sliding_window=sliding,
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
-            checkpoint_dtype=normalize_dtype(hf.get("dtype") or hf.get("torch_dtype") or "float32",
-                                             field_name="config.json torch_dtype"),
         )
+
+
+def hf_shape_fields(hf: dict[str, Any], default_dtype: str = "float32") -> dict[str, Any]:
+    """The size fields every decoder config.json has, in ModelConfig's names (shared with the planner)."""
+    num_heads = hf["num_attention_heads"]
+    return dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        checkpoint_dtype=normalize_dtype(hf.get("dtype") or hf.get("torch_dtype") or default_dtype,
+                                         field_name="config.json torch_dtype"),
+    )
 
 
 def _read_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

@@ -92,6 +92,22 @@ def softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, APPLY_MASK: tl.const
     return acc, m_new, l_i
 
 
+@triton.jit
+def attend_masked_tile(acc, m_i, l_i, q, q_pos, n, end, bt_row, k_cache_ptr, v_cache_ptr, head_off, d,
+                       stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Attend to the key tile at context positions n (BLOCK_N,) that may cross the causal
+    diagonal, the context's end, or the sliding window's edge: every mask applied."""
+    n_valid = n < end
+    off = kv_row_offsets(bt_row, n, n_valid, stride_c_blk, stride_c_tok, TOKENS_PER_BLOCK, True) + head_off
+    k = load_rows(k_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
+    v = load_rows(v_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
+    allowed = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
+    if HAS_WINDOW:
+        allowed = allowed & (n[None, :] > q_pos[:, None] - window)
+    return softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, True)
+
+
 def check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables) -> None:
     """Shapes, dtypes, strides and devices every paged-attention launcher relies on."""
     _check_attention(sig(q), sig(kv_cache), sig(out), sig(query_start_loc), sig(seq_lens), sig(block_tables))

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ingot.kernels._checks import interpreting, next_pow2, num_sms
 from ingot.kernels.attention_common import (
-    LOG2E, M_INIT, check_attention_args, kv_row_offsets, load_rows, softmax_step, store_rows,
+    LOG2E, M_INIT, attend_masked_tile, check_attention_args, load_rows, store_rows,
 )
 
 MAX_QUERY_LEN = 8  # new tokens per sequence this kernel takes (decode, speculative verify)
@@ -81,15 +81,10 @@ def _decode_kernel(
     m_i = tl.full((BLOCK_R,), M_INIT, dtype=tl.float32)
     l_i = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_valid = n < end
-        off = kv_row_offsets(bt_row, n, n_valid, stride_c_blk, stride_c_tok, TOKENS_PER_BLOCK, True) + head_off
-        k = load_rows(k_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
-        v = load_rows(v_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
-        allowed = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
-        if HAS_WINDOW:
-            allowed = allowed & (n[None, :] > q_pos[:, None] - window)
-        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, True)
+        acc, m_i, l_i = attend_masked_tile(
+            acc, m_i, l_i, q, q_pos, n0 + tl.arange(0, BLOCK_N), end, bt_row, k_cache_ptr, v_cache_ptr,
+            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK, HEAD_DIM, BLOCK_D,
+            HAS_WINDOW)
 
     seen = l_i > 0  # false for rows whose keys all lie in other splits
     out = acc / tl.where(seen, l_i, 1.0)[:, None]

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ingot.kernels._checks import interpreting, next_pow2
 from ingot.kernels.attention_common import (
-    LOG2E, M_INIT, check_attention_args, kv_row_offsets, load_rows, softmax_step, store_rows,
+    LOG2E, M_INIT, attend_masked_tile, check_attention_args, kv_row_offsets, load_rows, softmax_step, store_rows,
 )
 
 
@@ -79,15 +79,10 @@ def _prefill_kernel(
         allowed = n[None, :] > q_pos[:, None] - window  # only the window's edge can mask here
         acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, HAS_WINDOW)
     for start in range(diag, hi, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_valid = n < hi
-        off = kv_row_offsets(bt_row, n, n_valid, stride_c_blk, stride_c_tok, TOKENS_PER_BLOCK, True) + head_off
-        k = load_rows(k_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
-        v = load_rows(v_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
-        allowed = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
-        if HAS_WINDOW:
-            allowed = allowed & (n[None, :] > q_pos[:, None] - window)
-        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, True)
+        acc, m_i, l_i = attend_masked_tile(
+            acc, m_i, l_i, q, q_pos, start + tl.arange(0, BLOCK_N), hi, bt_row, k_cache_ptr, v_cache_ptr,
+            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK, HEAD_DIM, BLOCK_D,
+            HAS_WINDOW)
 
     # every valid row saw at least its own key (l_i > 0); rows past the chunk may not, and are not stored
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]

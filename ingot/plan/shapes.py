@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ingot.config import ModelConfig, normalize_dtype
+from ingot.config import ModelConfig, hf_shape_fields
 from ingot.errors import ConfigError
 from ingot.kv_size import kv_bytes_per_token
 
@@ -187,22 +187,14 @@ class ModelShape:
 def _shape_fields(hf: dict[str, Any], name: str | None) -> dict[str, Any]:
     """Fields of a MoE or MLA config.json, in Mixtral, Qwen3-MoE and DeepSeek-V3 spellings."""
     archs = hf.get("architectures") or ["unknown"]
-    heads = hf["num_attention_heads"]
     experts = next((hf[k] for k in _MOE_KEYS if hf.get(k)), 0)
-    dtype = hf.get("dtype") or hf.get("torch_dtype") or "bfloat16"
+    fields = hf_shape_fields(hf, default_dtype="bfloat16")
+    # MLA (DeepSeek) has no head_dim: its value heads are the per-head width that matters here.
+    fields["head_dim"] = hf.get("head_dim") or hf.get("v_head_dim") or fields["head_dim"]
     return dict(
         name=name or archs[0],
         architecture=archs[0],
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf.get("v_head_dim") or hf["hidden_size"] // heads,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        checkpoint_dtype=normalize_dtype(dtype, field_name="config.json torch_dtype"),
+        **fields,
         num_experts=experts,
         experts_per_token=hf.get("num_experts_per_tok", 0) if experts else 0,
         # Mixtral's experts use intermediate_size; Qwen3-MoE and DeepSeek name their own.

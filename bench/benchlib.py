@@ -1,0 +1,47 @@
+"""What every benchmark script shares: the record header BENCHMARKS.md asks for, writing a
+record, and timing a CUDA call. Scripts import it as `benchlib` (they run from bench/)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+
+def record_header(device: str | None = None) -> dict:
+    """device (default: this CPU), commit, command, date."""
+    import torch
+
+    cpu = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return {
+        "device": device or cpu,
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_record(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(json.dumps(record, indent=2, default=str))
+
+
+def median_cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> float:
+    """Median seconds per call of fn, timed by CUDA events, after warm-up calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
