@@ -20,7 +20,7 @@ import torch
 from benchlib import median_cuda_seconds
 
 from ingot.config import ModelConfig
-from ingot.tactics import GEMM_NAMES, gemm_shapes, tune_gemms_with_timings
+from ingot.tactics.gemm_tuning import GEMM_NAMES, gemm_shapes, tune_gemms_with_timings
 
 LLAMA_8B = ModelConfig(architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=4096,
                        intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,

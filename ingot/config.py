@@ -9,7 +9,7 @@ Derived values are properties. Nothing here imports the runtime.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ingot.errors import ConfigError
@@ -254,6 +254,82 @@ class CacheConfig:
                  f"cache config: max_cache_bytes={self.max_cache_bytes} must be > 0")
 
 
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How an engine is split over GPUs; frozen into engine.json (see ingot/parallel/mapping.py).
+
+    world size = tp * pp ranks: tp ranks split every layer (heads, MLP columns, vocabulary),
+    pp stages each own a contiguous run of layers; ep ranks (a subgroup of the tp ranks) split
+    the experts of a mixture-of-experts layer instead of slicing each expert.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    pp_layers: tuple[int, ...] | None = None  # layers per stage, first stage first; None: as even as possible
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "ep"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"parallel config: {name}={value!r} must be a positive integer")
+        _require(self.tp % self.ep == 0,
+                 f"parallel config: ep={self.ep} must divide tp={self.tp} (expert-parallel ranks are a subgroup "
+                 "of the tensor-parallel ranks)")
+        if self.pp_layers is not None:
+            layers = tuple(self.pp_layers)
+            _require(len(layers) == self.pp and all(isinstance(n, int) and n > 0 for n in layers),
+                     f"parallel config: pp_layers={list(layers)} must give {self.pp} positive layer counts, "
+                     "one per pipeline stage")
+            object.__setattr__(self, "pp_layers", layers)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tp": self.tp, "pp": self.pp, "ep": self.ep,
+                "pp_layers": list(self.pp_layers) if self.pp_layers else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ParallelConfig":
+        layers = data.get("pp_layers")
+        return cls(data.get("tp", 1), data.get("pp", 1), data.get("ep", 1), tuple(layers) if layers else None)
+
+
+# KV cache element types; "auto" stores the cache in the model's dtype.
+KV_CACHE_DTYPES = ("auto",)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the weights of the linear layers (and the KV cache) are stored; frozen into engine.json.
+
+    `method` names a quantization scheme of ingot/quantization (the registry there lists them);
+    `params` are that scheme's own settings (group size, scaling granularity, calibration set).
+    """
+
+    method: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    kv_cache_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        from ingot.quantization.registry import method_names  # a name list; imports no torch
+
+        _require(self.method in method_names(),
+                 f"quant config: method={self.method!r} is unknown; ingot builds: {', '.join(method_names())}")
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES,
+                 f"quant config: kv_cache_dtype={self.kv_cache_dtype!r} is not supported; "
+                 f"use one of {', '.join(KV_CACHE_DTYPES)}")
+        _require(isinstance(self.params, dict), f"quant config: params={self.params!r} must be a JSON object")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params), "kv_cache_dtype": self.kv_cache_dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+        return cls(data.get("method", "none"), dict(data.get("params") or {}), data.get("kv_cache_dtype", "auto"))
+
+
 CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
 
 
@@ -284,4 +360,5 @@ class SchedulerConfig:
         return cls(capacity_policy, max_batch_size or build.max_batch_size, max_num_tokens or build.max_num_tokens)
 
 
-__all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]
+__all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "ParallelConfig",
+           "QuantConfig", "KV_CACHE_DTYPES", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ingot import envs
-from ingot.builder.engine_format import ENGINE_JSON, current_device
+from ingot.engine_format import ENGINE_JSON, current_device
 from ingot.config import BuildConfig, CacheConfig
 from ingot.progress import Progress
 from ingot.runtime.engine import LLMEngine

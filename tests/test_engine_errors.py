@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ingot.builder.build import build_engine
-from ingot.builder.engine_format import ENGINE_JSON, FORMAT_VERSION
+from ingot.engine_format import ENGINE_JSON, FORMAT_VERSION
 from ingot.cli import main
 from ingot.config import BuildConfig
 from ingot.errors import CheckpointError, ConfigError, EngineError, RequestError
@@ -123,3 +123,49 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     assert err.startswith("ingot build: error:") and "missing" in err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "is not an engine" in capsys.readouterr().err
+
+
+def test_engine_of_format_version_1_is_refused_with_a_rebuild_hint(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    data = json.loads((engine_dir / ENGINE_JSON).read_text())
+    for key in ("quantization", "weights"):  # a version-1 engine.json had neither
+        data.pop(key)
+    data.update(format_version=1, parallel={"tp": 1, "pp": 1})
+    (engine_dir / ENGINE_JSON).write_text(json.dumps(data))
+    with pytest.raises(EngineError, match=r"format version 1, this ingot reads version 2; rebuild it"):
+        LLMEngine(engine_dir, device="cpu")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda t: t.half(), r"'norm.weight' is stored as float16 \(72,\), but engine.json describes a model whose "
+                         r"parameter is float32 \(72,\)"),
+    (lambda t: t[:-1], r"'norm.weight' is stored as float32 \(71,\), .* parameter is float32 \(72,\)"),
+])
+def test_stored_weight_of_another_dtype_or_shape_is_refused_not_cast(tiny_engine, tmp_path, tamper, message):
+    from safetensors.torch import load_file, save_file
+
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    weights = load_file(engine_dir / "rank0.safetensors")
+    weights["norm.weight"] = tamper(weights["norm.weight"]).contiguous()
+    save_file(weights, engine_dir / "rank0.safetensors")
+    with pytest.raises(EngineError, match=message):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_missing_rank_file_is_an_incomplete_engine(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    (engine_dir / "rank0.safetensors").unlink()
+    with pytest.raises(EngineError, match="rank0.safetensors is missing; the engine is incomplete"):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_the_runtime_imports_no_build_code():
+    """Serving an engine needs neither the checkpoint readers (GGUF) nor the GEMM tuner."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ingot.runtime.engine, ingot.runtime.engine_loop, ingot.async_llm, ingot.llm, ingot.serve.app\n"
+            "build = ('ingot.builder', 'ingot.tactics.gemm_tuning', 'ingot.tactics.tune', 'ingot.tactics.timing', 'gguf')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(build)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

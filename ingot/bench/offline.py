@@ -62,7 +62,7 @@ def make_workload(num: int, isl: int, osl: int, vocab: int, seed: int, random_le
 
 
 def open_engine(args):
-    from ingot.builder.engine_format import read_spec
+    from ingot.engine_format import read_spec
     from ingot.config import CacheConfig, SchedulerConfig
     from ingot.runtime.engine import LLMEngine
 

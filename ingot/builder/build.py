@@ -1,4 +1,4 @@
-"""Build an engine: checkpoint -> fused, cast weights + engine.json, written atomically.
+"""Build an engine: checkpoint -> engine directory, through the stages of ingot/builder/stages.py.
 
 The engine is assembled in a hidden temporary directory beside the target and renamed into
 place only when complete, so a failed or interrupted build never leaves a directory that
@@ -13,19 +13,20 @@ import uuid
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from ingot.builder import stages
 from ingot.builder.checkpoint import load_checkpoint
 from ingot.builder.dummy import dummy_tensors, read_config_json
 from ingot.builder.tuning import tune_tactics
-from ingot.builder.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions,
-                                         write_spec)
-from ingot.config import BuildConfig, ModelConfig
+from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig
+from ingot.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions, torch_dtype,
+                                 write_spec)
 from ingot.errors import CheckpointError, ConfigError, EngineError
-from ingot.models import check_architecture, model_class, model_module
+from ingot.models import check_architecture, create_model
+from ingot.parallel.mapping import ParallelMapping
+from ingot.quantization import make_scheme
 
 LOAD_FORMATS = ("auto", "dummy")
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> str:
@@ -38,11 +39,13 @@ def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> st
 
 
 def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig | None = None,
-                 device: str | None = None, load_format: str = "auto") -> EngineSpec:
+                 device: str | None = None, load_format: str = "auto", parallel: ParallelConfig | None = None,
+                 quant: QuantConfig | None = None) -> EngineSpec:
     """Build MODEL (checkpoint folder, .gguf file or preset name; with load_format="dummy", a
-    config.json whose shapes get random weights) into output_dir."""
+    config.json whose shapes get random weights) into output_dir, one weight file per rank of
+    `parallel`, stored as `quant` says."""
     started = time.perf_counter()
-    build_config = build_config or BuildConfig()
+    build_config, quant = build_config or BuildConfig(), quant or QuantConfig()
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     if load_format not in LOAD_FORMATS:
@@ -51,24 +54,20 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
     model_config = model_config_of(hf_config, str(model))
     build_config = build_config.resolved(model_config)
+    mapping = ParallelMapping.build(model_config, parallel)
     target = current_device(device)
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
+    spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target, mapping=mapping,
+                      quant=quant, versions=software_versions(), source=str(model), load_format=load_format)
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        torch_dtype = TORCH_DTYPES[dtype]
-        if checkpoint is None:
-            tensors = dummy_tensors(expected_shapes(model_config), torch_dtype, _generator_device(target))
-        else:
-            tensors = model_module(model_config.architecture).convert_hf_weights(model_config, checkpoint.tensors())
-        _write_weights(staging, tensors, model_config, torch_dtype, str(model))
+        stages.write(staging, stages.shard(_engine_tensors(spec, checkpoint), _rank_models(spec)))
         for name, content in (checkpoint.tokenizer_files.items() if checkpoint else ()):
             (staging / name).write_bytes(content)
-        tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype, target)
-        spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target,
-                          versions=software_versions(), source=str(model), load_format=load_format,
-                          tactics=tactics, tactic_timings=tactic_timings,
-                          build_seconds=time.perf_counter() - started)
+        tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp)
+        spec = _replace(spec, tactics=tactics, tactic_timings=tactic_timings,
+                        build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine
         _move_into_place(staging, output_dir)
     finally:
@@ -76,8 +75,40 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     return spec
 
 
-def _generator_device(target) -> str:
-    return "cuda" if target.kind == "cuda" else "cpu"
+def _engine_tensors(spec: EngineSpec, checkpoint) -> stages.Tensors:
+    """read -> convert -> check_and_cast -> quantize: the whole model's stored tensors, unsliced."""
+    layout = full_layout(spec)
+    if checkpoint is None:
+        device = "cuda" if spec.target.kind == "cuda" else "cpu"  # random numbers are fast on a GPU
+        tensors = dummy_tensors({name: shape for name, (shape, _) in layout.items()}, torch_dtype(spec.dtype), device)
+    else:
+        tensors = stages.convert(spec.model, checkpoint.tensors(), spec.source)
+    tensors = stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
+    return make_scheme(spec.quant).quantize(tensors)
+
+
+def full_layout(spec: EngineSpec) -> stages.Layout:
+    """Engine name -> (shape, dtype) of every tensor of the whole, unquantized model (single rank)."""
+    single = EngineSpec(spec.model, spec.build, spec.dtype, spec.target, ParallelMapping.build(spec.model))
+    model = create_model(single, _meta_backend())
+    return {name: (tuple(p.shape), p.dtype) for name, p in model.state_dict().items()}
+
+
+def _rank_models(spec: EngineSpec) -> list[torch.nn.Module]:
+    """Each rank's model on the meta device: what the shard stage cuts for (no memory)."""
+    return [create_model(spec, _meta_backend(), rank.rank) for rank in spec.mapping.ranks]
+
+
+def _meta_backend():
+    from ingot.attention import get_backend
+
+    return get_backend("torch")
+
+
+def _replace(spec: EngineSpec, **changes) -> EngineSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
 
 
 def model_config_of(hf_config: dict, source: str) -> ModelConfig:
@@ -94,35 +125,6 @@ def _check_output_dir(output_dir: Path) -> None:
     if output_dir.exists() and not (output_dir / ENGINE_JSON).is_file() and any(output_dir.iterdir()):
         raise EngineError(f"output directory {output_dir} exists and is not an engine; "
                           "choose another -o or empty it")
-
-
-def _write_weights(staging: Path, tensors, cfg: ModelConfig, dtype: torch.dtype, source: str) -> None:
-    expected = expected_shapes(cfg)
-    weights: dict[str, torch.Tensor] = {}
-    try:
-        for name, tensor in tensors:
-            if name not in expected:
-                raise CheckpointError(f"{source}: unexpected weight {name!r} for {cfg.architecture}")
-            if tuple(tensor.shape) != expected[name]:
-                raise CheckpointError(f"{source}: weight {name!r} has shape {tuple(tensor.shape)}, "
-                                      f"the config implies {expected[name]}")
-            weights[name] = tensor.to(dtype).contiguous()
-    except KeyError as exc:
-        raise CheckpointError(f"{source}: {exc.args[0]}") from exc
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{source}: missing weights {missing[:5]}"
-                              f"{' and more' if len(missing) > 5 else ''}")
-    save_file(weights, str(staging / "rank0.safetensors"), metadata={"format": "pt"})
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight the runtime model has, by engine name, with its shape (built on 'meta': no memory)."""
-    from ingot.attention import get_backend
-
-    with torch.device("meta"):
-        model = model_class(cfg.architecture)(cfg, get_backend("torch"), max_positions=1)
-    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
 def _move_into_place(staging: Path, output_dir: Path) -> None:

@@ -21,11 +21,13 @@ def token_buckets(build: BuildConfig) -> list[int]:
     return sorted(set(build.cuda_graph_batch_sizes) | set(prefill))
 
 
-def tune_tactics(model: ModelConfig, build: BuildConfig, dtype: torch.dtype, target) -> tuple[dict, dict]:
-    """(tactics {gemm: {bucket: tactic}}, timings {gemm: {bucket: {tactic: us}}}); empty on CPU."""
+def tune_tactics(model: ModelConfig, build: BuildConfig, dtype: torch.dtype, target,
+                 tp_size: int = 1) -> tuple[dict, dict]:
+    """(tactics {gemm: {bucket: tactic}}, timings {gemm: {bucket: {tactic: us}}}) for one rank's
+    GEMM shapes; empty on CPU."""
     if target.kind != "cuda":
         return {}, {}
-    from ingot.tactics import tune_gemms_with_timings
+    from ingot.tactics.gemm_tuning import tune_gemms_with_timings
 
     return tune_gemms_with_timings(model, dtype, token_buckets(build), device="cuda",
-                                   time_budget_s=TUNING_BUDGET_S)
+                                   time_budget_s=TUNING_BUDGET_S, tp_size=tp_size)

@@ -1,4 +1,9 @@
-"""`ingot build MODEL -o DIR`: convert a checkpoint into an engine."""
+"""`ingot build MODEL -o DIR`: convert a checkpoint into an engine.
+
+make_build_parser is the one definition of the flags: `ingot build` mounts it, and `ingot plan`
+checks every command it prints against it. It stays argparse only (no torch) so the planner,
+which imports no runtime, can read it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import time
 
 from ingot.config import BuildConfig
 
+HELP = "build an engine from a checkpoint folder, a .gguf file or a preset"
+DESCRIPTION = "Build an engine. MODEL is a Hugging Face folder, a .gguf file, or a shipped preset (smollm2)."
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("build", help="build an engine from a checkpoint folder, a .gguf file or a preset",
-                              description="Build an engine. MODEL is a Hugging Face folder, a .gguf file, or "
-                                          "a shipped preset (smollm2).")
+
+def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The `ingot build` parser on its own (add_help=False to mount it as a parent parser)."""
+    p = argparse.ArgumentParser(prog="ingot build", description=DESCRIPTION, add_help=add_help)
     p.add_argument("model", help="checkpoint folder, .gguf file, or preset name")
     p.add_argument("-o", "--output", required=True, help="engine directory to write")
     defaults = BuildConfig()
@@ -28,6 +35,12 @@ def register(subparsers) -> None:
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
     p.add_argument("--cuda-graph-batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
+    return p
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("build", parents=[make_build_parser(add_help=False)], help=HELP,
+                              description=DESCRIPTION)
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingot.builder.engine_format import ENGINE_JSON
+from ingot.engine_format import ENGINE_JSON
 
 
 def engine_or_build(model: str, device: str | None) -> Path:

@@ -15,23 +15,34 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safetensors import safe_open
-
-    from ingot.builder.engine_format import read_spec
+    from ingot.engine_format import read_spec
 
     spec = read_spec(args.engine)
-    weights_path = Path(args.engine) / "rank0.safetensors"
-    with safe_open(str(weights_path), framework="pt") as f:
-        weights = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    files = rank_weights(Path(args.engine), spec)
     if args.json:
-        print(json.dumps({**spec.to_json(), "weights": weights}, indent=2))
+        print(json.dumps({**spec.to_json(), "rank_weights": files}, indent=2))
         return 0
-    for line in describe(spec, weights, weights_path.stat().st_size):
+    for line in describe(spec, files):
         print(line)
     return 0
 
 
-def describe(spec, weights: dict[str, list[int]], weight_bytes: int) -> list[str]:
+def rank_weights(directory: Path, spec) -> dict[str, dict]:
+    """file name -> {"bytes": size, "tensors": {name: [dtype, shape]}} for every rank's file."""
+    from safetensors import safe_open
+
+    from ingot.engine_format import rank_file
+
+    files = {}
+    for rank in spec.mapping.ranks:
+        path = directory / rank_file(rank.rank)
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {name: [f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape())] for name in f.keys()}
+        files[path.name] = {"bytes": path.stat().st_size, "tensors": tensors}
+    return files
+
+
+def describe(spec, files: dict[str, dict]) -> list[str]:
     m, b = spec.model, spec.build
     rope = m.rope_scaling.get("rope_type") if m.rope_scaling else "default"
     return [
@@ -41,15 +52,32 @@ def describe(spec, weights: dict[str, list[int]], weight_bytes: int) -> list[str
         f"(kv {m.num_kv_heads}, head_dim {m.head_dim}), mlp {m.intermediate_size}, vocab {m.vocab_size}",
         f"               rope theta {m.rope_theta:g} ({rope}), tied embeddings {m.tie_word_embeddings}, "
         f"qkv bias {m.qkv_bias}, qk norm {m.qk_norm}, sliding window {m.sliding_window}",
-        f"precision      {spec.dtype} weights and activations, no quantization",
+        f"precision      {spec.dtype} activations; quantization {_describe_quant(spec.quant)}",
         f"envelope       max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, "
         f"max_seq_len {b.max_seq_len}, max_num_tokens {b.max_num_tokens}, tokens_per_block {b.tokens_per_block}",
-        f"parallel       tp {spec.parallel.get('tp', 1)}, pp {spec.parallel.get('pp', 1)}",
-        f"weights        {len(weights)} tensors, {weight_bytes / 2**20:.1f} MiB (rank0.safetensors)",
+        *describe_mapping(spec.mapping),
+        *(f"weights        {name}: {len(f['tensors'])} tensors, {f['bytes'] / 2**20:.1f} MiB" for name, f in files.items()),
         f"software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
         f"weights from   {'random (--load-format dummy), no tokenizer' if spec.load_format == 'dummy' else spec.source}",
         *describe_tactics(spec),
     ]
+
+
+def _describe_quant(quant) -> str:
+    from ingot.quantization import make_scheme
+
+    params = ", ".join(f"{k}={v}" for k, v in quant.params.items())
+    return f"{make_scheme(quant).describe()}{f' ({params})' if params else ''}; KV cache {quant.kv_cache_dtype}"
+
+
+def describe_mapping(mapping) -> list[str]:
+    """One line for the layout, one per rank: its tensor-parallel slice and the layers it holds."""
+    c = mapping.config
+    lines = [f"parallel       tp {c.tp}, pp {c.pp}, ep {c.ep}: {mapping.world_size} rank(s)"]
+    if mapping.world_size > 1:
+        for r in mapping.ranks:
+            lines.append(f"  rank {r.rank:<3}     tp rank {r.tp_rank}, stage {r.pp_rank}, layers [{r.layers[0]}, {r.layers[1]})")
+    return lines
 
 
 def describe_tactics(spec) -> list[str]:

@@ -23,54 +23,65 @@ from torch import nn
 from ingot.attention import AttentionBackend, AttentionMetadata
 from ingot.config import ModelConfig
 from ingot.layers.activation import silu_and_mul
-from ingot.layers.linear import Linear, linear
+from ingot.layers.context import LayerContext
+from ingot.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ingot.layers.norm import RMSNorm
 from ingot.layers.rotary import RotaryEmbedding
+from ingot.layers.vocab import LMHead, TiedLMHead, VocabEmbedding
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend,
+                 ctx: LayerContext, prefix: str) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
-        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads,
+                                          bias=cfg.qkv_bias, ctx=ctx, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias, ctx=ctx, prefix=f"{prefix}.o_proj")
+        # Heads of this rank (all of them with one rank).
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q_size, self.kv_size = self.num_heads * cfg.head_dim, self.num_kv_heads * cfg.head_dim
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+        self.sliding_window = cfg.sliding_window
         self.rotary = rotary
         self.backend = backend
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, positions, x, kv_cache, meta: AttentionMetadata):
-        cfg = self.cfg
-        q, k, v = self.qkv_proj(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q = q.view(-1, cfg.num_heads, cfg.head_dim)  # (T, H, D)
-        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)  # (T, Hkv, D)
-        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
-        if cfg.qk_norm:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # (T, H, D)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale, cfg.sliding_window)
-        return self.o_proj(out.reshape(-1, cfg.q_size))
+        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale, self.sliding_window)
+        return self.o_proj(out.reshape(-1, self.q_size))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext, prefix: str) -> None:
         super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2,
+                                                       bias=cfg.mlp_bias, ctx=ctx, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, ctx=ctx,
+                                           prefix=f"{prefix}.down_proj")
 
     def forward(self, x):
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend,
+                 ctx: LayerContext, prefix: str) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, rotary, backend)
+        self.self_attn = LlamaAttention(cfg, rotary, backend, ctx, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = LlamaMLP(cfg, ctx, f"{prefix}.mlp")
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
         if residual is None:
@@ -83,30 +94,47 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, max_positions: int) -> None:
+    """One rank's part of the model: with pipeline stages, only its stage's layers (named by their
+    global index, so engine names do not depend on the layout), the embedding on the first stage
+    and the final norm and lm_head on the last. Parameters are created in torch's default dtype
+    (the loader sets it to the engine's) unless a linear method chooses its own."""
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, max_positions: int,
+                 ctx: LayerContext | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        ctx = ctx or LayerContext.single(cfg.num_layers)
+        rank = ctx.rank
         # One rotary table shared by all layers; not a module child of each layer's state dict.
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary, backend) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
-        self.lm_head_tactics = None  # set at load when the engine carries tuned tactics
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size, ctx) if rank.is_first_stage else None
+        self.layers = nn.ModuleDict({str(i): LlamaDecoderLayer(cfg, rotary, backend, ctx, f"layers.{i}")
+                                     for i in rank.layer_ids})
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if rank.is_last_stage else None
+        self.lm_head = None
+        if rank.is_last_stage:
+            self.lm_head = TiedLMHead(self.embed_tokens) if cfg.tie_word_embeddings and self.embed_tokens is not None \
+                else LMHead(cfg.vocab_size, cfg.hidden_size, ctx)
         self.rotary = rotary
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
-        """input_ids, positions: (T,) -> final hidden states (T, hidden)."""
+        """input_ids, positions: (T,) -> final hidden states (T, hidden). kv_caches: one per layer of this rank."""
         hidden, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for layer, kv_cache in zip(self.layers.values(), kv_caches):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (N, hidden) -> (N, vocab) float32."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight, None, self.lm_head_tactics).float()
+        return self.lm_head(hidden)
+
+    def weight_sources(self) -> dict[str, str]:
+        """Parameters filled from another engine tensor: with tied embeddings, a last stage that
+        lacks the embedding keeps its own copy of it as the lm_head."""
+        if self.cfg.tie_word_embeddings and isinstance(self.lm_head, LMHead):
+            return {"lm_head.weight": "embed_tokens.weight"}
+        return {}
 
 
 # ---- checkpoint (HF names) -> engine (fused runtime layout) ----

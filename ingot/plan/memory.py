@@ -91,6 +91,12 @@ def kv_dtype_bytes(kv_dtype: str) -> float:
     return KV_DTYPES[kv_dtype]
 
 
+def total_weight_bytes(shape: ModelShape, precision: Precision) -> float:
+    """Every weight on one GPU: blocks in the precision's bytes, embeddings in 16 bits."""
+    blocks = shape.dense_layer_params + shape.routed_expert_params
+    return blocks * precision.weight_bytes + shape.embed_params * EMBED_BYTES
+
+
 def weight_bytes_per_rank(shape: ModelShape, precision: Precision, layout: Layout) -> int:
     """(layers on the fullest stage / layers) * block weights / tp + one embedding table / tp,
     both tables when there is one stage."""

@@ -1,4 +1,5 @@
-"""make_plan: every sensible layout, which fit, the recommendation and its build command.
+"""make_plan: every sensible layout, which fit, the recommendation and its build command
+(command.py: only flags `ingot build` has, with notes where it builds less than the plan).
 
 The one calculator behind `ingot plan`, its --json output and the web page's /api/plan.
 """
@@ -9,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot.config import BuildConfig
 from ingot.errors import ConfigError
 from ingot.plan import memory as mem
 from ingot.plan import perf
+from ingot.plan.command import BuildCommand, build_command
 from ingot.plan.gpus import GPU, resolve_gpu
-from ingot.plan.memory import Envelope, Layout, Memory, memory_per_gpu
+from ingot.plan.memory import Envelope, Layout, Memory, memory_per_gpu, total_weight_bytes
 from ingot.plan.perf import Perf, estimate
 from ingot.plan.precisions import Execution, Precision, execution_on, resolve_kv_dtype, resolve_precision
 from ingot.plan.presets import resolve_model
@@ -147,24 +148,6 @@ def _fit_reason(shape: ModelShape, gpu: GPU, env: Envelope, peers: list[Row], we
     return reason
 
 
-def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout: Layout, env: Envelope) -> str:
-    """The `ingot build` line for this plan; BuildConfig validates the envelope flags."""
-    build = BuildConfig(dtype=precision.act_dtype, max_batch_size=env.concurrency, max_input_len=env.isl,
-                        max_seq_len=env.seq_len, max_num_tokens=env.max_num_tokens)
-    out = f"engines/{shape.name.lower()}-{precision.name}-tp{layout.tp}pp{layout.pp}"
-    parts = ["ingot build", shape.hf_id or shape.name, "-o", out, "--dtype", build.dtype]
-    if precision.quant:
-        parts += ["--quant", precision.quant]
-    if kv_dtype != precision.act_dtype:
-        parts += ["--kv-cache-dtype", kv_dtype]
-    parts += ["--tp", str(layout.tp), "--pp", str(layout.pp)]
-    if layout.ep > 1:
-        parts += ["--ep", str(layout.ep)]
-    parts += ["--max-batch-size", str(build.max_batch_size), "--max-input-len", str(build.max_input_len),
-              "--max-seq-len", str(build.max_seq_len), "--max-num-tokens", str(build.max_num_tokens)]
-    return " ".join(parts)
-
-
 def make_plan(model: str, gpu: str, precision: str | None = None, kv_cache_dtype: str | None = None,
               isl: int = DEFAULT_ISL, osl: int = DEFAULT_OSL, concurrency: int = DEFAULT_CONCURRENCY,
               num_gpus: int | None = None, search_dirs: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -177,8 +160,9 @@ def make_plan(model: str, gpu: str, precision: str | None = None, kv_cache_dtype
         _positive("--num-gpus", num_gpus, limit=1024)
     execution = execution_on(prec, resolve_kv_dtype(kv_cache_dtype, prec), card)
     rows = _rows(shape, prec, execution, card, env, num_gpus)
-    weights_gb = _total_weight_bytes(shape, prec) / 1e9
+    weights_gb = total_weight_bytes(shape, prec) / 1e9
     best, reason = _recommend(shape, card, env, rows, weights_gb)
+    command = build_command(shape, prec, execution.kv_dtype, best.layout, env, card) if best else None
     return {
         "model": _model_dict(shape, execution),
         "gpu": card.to_dict(),
@@ -191,8 +175,7 @@ def make_plan(model: str, gpu: str, precision: str | None = None, kv_cache_dtype
         "fits": any(r.memory.fits for r in rows),
         "layouts": [r.to_dict() for r in rows],
         "recommendation": {"layout": best.to_dict() if best else None, "reason": reason,
-                           "build_command": (build_command(shape, prec, execution.kv_dtype, best.layout, env)
-                                             if best else None)},
+                           **_command_dict(command)},
         "warnings": _warnings(shape, env),
         "assumptions": _assumptions(),
     }
@@ -203,13 +186,17 @@ def _engine_dtype(build: dict[str, Any]) -> str:
     return dtype if dtype in ("bf16", "fp16") else "bf16"
 
 
-def _total_weight_bytes(shape: ModelShape, precision: Precision) -> float:
-    blocks = shape.dense_layer_params + shape.routed_expert_params
-    return blocks * precision.weight_bytes + shape.embed_params * mem.EMBED_BYTES
+def _command_dict(command: BuildCommand | None) -> dict[str, Any]:
+    """build_command is None when nothing fits, or when `ingot build` cannot build the layout yet
+    (build_notes then say why)."""
+    if command is None:
+        return {"build_command": None, "build_notes": []}
+    return {"build_command": command.command, "build_notes": list(command.notes)}
 
 
 def _model_dict(shape: ModelShape, execution: Execution) -> dict[str, Any]:
     return {"name": shape.name, "architecture": shape.architecture, "hf_id": shape.hf_id,
+            "checkpoint_path": shape.checkpoint_path,
             "params_b": round(shape.num_params / 1e9, 2), "active_params_b": round(shape.active_params / 1e9, 2),
             "layers": shape.num_layers, "hidden": shape.hidden_size, "heads": shape.num_heads,
             "kv_heads": shape.num_kv_heads, "moe": shape.is_moe, "mla": shape.is_mla,

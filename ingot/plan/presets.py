@@ -107,8 +107,7 @@ def _load_path(path: Path) -> tuple[ModelShape, dict[str, Any]]:
             config = ModelConfig.from_dict(data["model"])
         except TypeError as exc:
             raise ConfigError(f"{path / 'engine.json'}: model record does not match ModelConfig: {exc}") from None
-        # An engine is rebuilt from the checkpoint it came from, which engine.json doesn't name.
-        shape = replace(ModelShape.from_model_config(config, name=path.name), hf_id="CHECKPOINT_DIR")
+        shape = replace(ModelShape.from_model_config(config, name=path.name), checkpoint_path=_engine_source(data))
         return shape, dict(data.get("build") or {})
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
@@ -116,9 +115,16 @@ def _load_path(path: Path) -> tuple[ModelShape, dict[str, Any]]:
     name = path.name if path.is_dir() else config_path.stem
     try:
         shape = ModelShape.from_hf(_read_json(config_path), name=name)
-        return replace(shape, hf_id=str(path if path.is_dir() else path.parent)), {}
+        return replace(shape, checkpoint_path=str(path if path.is_dir() else path.parent)), {}
     except KeyError as exc:
         raise ConfigError(f"{config_path}: missing field {exc.args[0]!r}") from None
+
+
+def _engine_source(engine: dict[str, Any]) -> str | None:
+    """The checkpoint an engine was built from (engine.json's "source", as given to `ingot
+    build`); None when it names none or the engine holds random weights (--load-format dummy)."""
+    source = engine.get("source")
+    return source if isinstance(source, str) and source and engine.get("load_format") != "dummy" else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

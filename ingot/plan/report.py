@@ -68,8 +68,13 @@ def _recommendation(plan: dict[str, Any]) -> list[str]:
                    f"({perf['decode_bound']}-bound, TPOT {perf['tpot_ms']:.1f} ms, of which TP/PP "
                    f"communication {perf['comm_ms_per_step']:.2f} ms); prefill {perf['prefill_tok_s']:,.0f} "
                    f"tok/s, TTFT {perf['ttft_ms']:,.0f} ms alone; offline {perf['output_tok_s']:,.0f} output tok/s")
-    out += ["", "build", f"  {rec['build_command']}"]
-    return out
+    return out + _build(rec)
+
+
+def _build(rec: dict[str, Any]) -> list[str]:
+    """The command, or why there is none; then what to do first and where it builds less."""
+    command = rec["build_command"] or f"none: `ingot build` cannot build {rec['layout']['layout']} yet"
+    return ["", "build", f"  {command}"] + [f"  note: {n}" for n in rec["build_notes"]]
 
 
 def _assumptions(plan: dict[str, Any]) -> list[str]:

@@ -37,7 +37,8 @@ class ModelShape:
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 131072
     checkpoint_dtype: str = "bf16"
-    hf_id: str | None = None  # where the checkpoint is published; used in the build command
+    hf_id: str | None = None  # where the checkpoint is published (Hugging Face hub id), presets only
+    checkpoint_path: str | None = None  # the local checkpoint --model named: `ingot build`'s MODEL
     # Mixture of experts: every layer from first_dense_layers on routes each token to
     # experts_per_token of num_experts SwiGLU experts, plus num_shared_experts always on.
     num_experts: int = 0

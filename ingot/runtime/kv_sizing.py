@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ingot.builder.engine_format import EngineSpec
+from ingot.engine_format import EngineSpec
 from ingot.config import DTYPE_BYTES, CacheConfig
 from ingot.errors import ConfigError
 from ingot.kv_size import kv_bytes_per_block

@@ -1,7 +1,10 @@
-"""Load a built engine: read engine.json, check the device, mmap the weights and copy them in.
+"""Load a built engine: read engine.json, check the device, mmap one rank's weights and copy them in.
 
-Loading builds nothing: the model is created on the meta device (no memory, no random
-init), given uninitialised storage on the target device, and filled from the safetensors file.
+Loading builds nothing: the model is created on the meta device (no memory, no random init) in
+the engine's dtype, for this rank's slice and the engine's quantization scheme, given
+uninitialised storage on the target device, and filled from the rank's safetensors file. Every
+stored tensor must have exactly the dtype and shape its parameter expects: a mismatch means the
+file does not belong to this engine.json, and is an error naming the tensor, never a silent cast.
 """
 
 from __future__ import annotations
@@ -9,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from ingot.attention import AttentionBackend
-from ingot.builder.build import TORCH_DTYPES
-from ingot.builder.engine_format import EngineSpec, check_target, current_device, read_spec
+from ingot.engine_format import EngineSpec, check_target, current_device, rank_file, read_spec
 from ingot.errors import EngineError
-from ingot.models import model_class
+from ingot.models import create_model
 
 
 def load_engine(directory: str | Path, backend: AttentionBackend, device: str | None = None,
@@ -25,40 +26,54 @@ def load_engine(directory: str | Path, backend: AttentionBackend, device: str | 
     spec = read_spec(directory)
     here = current_device(device)
     check_target(spec, here, directory)
+    if spec.world_size != 1:
+        raise EngineError(
+            f"engine {directory} is split over {spec.world_size} ranks (tp={spec.mapping.config.tp}, "
+            f"pp={spec.mapping.config.pp}); this runtime runs single-rank engines: rebuild it with tp=1, pp=1")
     torch_device = torch.device(device or ("cuda" if here.kind == "cuda" else "cpu"))
-    dtype = TORCH_DTYPES[spec.dtype]
-    with torch.device("meta"):
-        model = model_class(spec.model.architecture)(spec.model, backend, max_positions=spec.build.max_seq_len)
-    model = model.to_empty(device=torch_device).to(dtype)
+    model = create_model(spec, backend).to_empty(device=torch_device)
     model.rotary.reset_cache(torch_device)
-    _fill_weights(model, directory / "rank0.safetensors")
+    fill_weights(model, directory / rank_file(0))
+    for module in model.modules():
+        if hasattr(module, "process_after_load"):
+            module.process_after_load()
     if spec.tactics and torch_device.type == "cuda":
         install_tactics(model, spec.tactics)
     return spec, model.eval(), torch_device
 
 
 def install_tactics(model: torch.nn.Module, tactics: dict[str, dict[str, str]]) -> None:
-    """Give each Linear the tuned GEMM table of its name (qkv_proj, o_proj, ...); lm_head too."""
-    from ingot.layers.linear import Linear, TacticTable
-
-    tables = {name: TacticTable(table) for name, table in tactics.items()}
-    for module_name, module in model.named_modules():
-        if isinstance(module, Linear):
-            module.tactics = tables.get(module_name.rsplit(".", 1)[-1])
-    model.lm_head_tactics = tables.get("lm_head")
+    """Give every matmul module (linear layers, lm_head) the tuned table of its GEMM name."""
+    for module in model.modules():
+        if hasattr(module, "gemm_name"):
+            module.set_tactics(tactics.get(module.gemm_name))
 
 
-def _fill_weights(model: torch.nn.Module, path: Path) -> None:
+def fill_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy every tensor of the file into the parameter of the same name, checking dtype and shape."""
     params = model.state_dict()
+    if not path.is_file():
+        raise EngineError(f"{path} is missing; the engine is incomplete: rebuild it")
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
             missing = sorted(set(params) - names)
             if missing:
                 raise EngineError(f"{path} lacks weights {missing[:5]}; rebuild the engine")
-            for name in names:
+            for name in sorted(names):
                 if name not in params:
                     raise EngineError(f"{path} has an unexpected weight {name!r}; rebuild the engine")
-                params[name].copy_(f.get_tensor(name))
+                tensor = f.get_tensor(name)
+                _check_tensor(path, name, tensor, params[name])
+                params[name].copy_(tensor)
     except (SafetensorError, OSError) as exc:
         raise EngineError(f"cannot read engine weights {path}: {exc}; rebuild the engine") from exc
+
+
+def _check_tensor(path: Path, name: str, stored: torch.Tensor, param: torch.Tensor) -> None:
+    if stored.dtype != param.dtype or stored.shape != param.shape:
+        raise EngineError(
+            f"{path}: weight {name!r} is stored as {str(stored.dtype).removeprefix('torch.')} "
+            f"{tuple(stored.shape)}, but engine.json describes a model whose parameter is "
+            f"{str(param.dtype).removeprefix('torch.')} {tuple(param.shape)}; the file does not belong to "
+            "this engine.json: rebuild the engine")

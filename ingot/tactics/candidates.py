@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 CUBLAS = "cublas"
+# x (M, K), weight (N, K), bias (N,) or None -> (M, N)
+LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 # Default Triton candidates by batch tier (tokens per step), for bf16/fp16 on Hopper:
 #  - decode (M <= 16) is a weight stream: BM=16 (tl.dot's minimum), narrow BN so that
@@ -49,7 +51,7 @@ def validate(tactic: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def linear_fn(tactic: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+def linear_fn(tactic: str) -> LinearFn:
     """x (M, K), weight (N, K), bias (N,) or None -> (M, N). Cached: the runtime calls this per layer."""
     if tactic == CUBLAS:
         return F.linear

@@ -42,13 +42,3 @@ def run_tuning(names: list[str], buckets: list[int], candidates_for: Callable[[i
             table[name][str(m)] = min(results, key=results.__getitem__) if results else CUBLAS
             timings[name][str(m)] = results
     return table, timings
-
-
-def pick(table: dict[str, str], m: int) -> str:
-    """The tactic for a runtime M: that of the smallest bucket >= m, else of the largest.
-    An empty table (nothing tuned) means cuBLAS."""
-    if not table:
-        return CUBLAS
-    buckets = sorted(int(b) for b in table)
-    bucket = next((b for b in buckets if b >= m), buckets[-1])
-    return table[str(bucket)]

@@ -8,7 +8,8 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from ingot.config import ModelConfig  # noqa: E402
-from ingot.tactics import GEMM_NAMES, linear_fn, pick, tune_gemms_with_timings  # noqa: E402
+from ingot.tactics import linear_fn, pick  # noqa: E402
+from ingot.tactics.gemm_tuning import GEMM_NAMES, tune_gemms_with_timings  # noqa: E402
 from ingot.tactics.candidates import all_default_triton  # noqa: E402
 
 SMALL_MODEL = ModelConfig(architecture="LlamaForCausalLM", vocab_size=32000, hidden_size=1024,

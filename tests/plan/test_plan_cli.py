@@ -35,9 +35,22 @@ def test_table_output(capsys):
                  "--isl", "8192", "--osl", "2048", "--batch", "64"]) == 0
     out = capsys.readouterr().out
     for text in ("llama-3.1-70b", "H100 SXM 80GB", "ISL 8,192 + OSL 2,048", "TP4 PP1", "recommended",
-                 "memory/GPU", "throughput", "decode", "ingot build meta-llama/Llama-3.1-70B-Instruct",
-                 "--quant fp8", "--max-batch-size 64", "--max-seq-len 10240", "assumptions"):
+                 "memory/GPU", "throughput", "decode", "none: `ingot build` cannot build TP4 PP1 yet",
+                 "note: TP4 PP1 needs `--tp 4 --pp 1`", "nor the plan's `--quant fp8`", "assumptions"):
         assert text in out, text
+    # ingot build has no --tp or --quant yet: no command line is printed for a TP4 plan.
+    assert "  ingot build" not in out
+
+
+def test_table_output_one_gpu_command(capsys):
+    assert main(["plan", "--model", "8b", "--gpu", "h100", "--precision", "fp8", "--isl", "8192",
+                 "--osl", "2048", "--batch", "16", "--num-gpus", "1"]) == 0
+    out = capsys.readouterr().out
+    for text in ("  ingot build ./Llama-3.1-8B-Instruct -o engines/llama-3.1-8b-bf16-tp1pp1 --dtype bf16 ",
+                 "--max-batch-size 16", "--max-seq-len 10240", "note: download meta-llama/Llama-3.1-8B-Instruct",
+                 "note: `ingot build` has no `--quant fp8` yet, so this command builds bf16 weights"):
+        assert text in out, text
+    assert "--quant fp8 " not in out.split("note:")[0]
 
 
 def test_json_output_is_the_plan(capsys):
@@ -56,16 +69,22 @@ def test_batch_and_concurrency_are_exclusive(capsys):
 
 def test_build_command_flags_parse_back(capsys):
     plan = _json_plan(capsys, "--model", "mixtral-8x22b", "--gpu", "h200", "--precision", "int4_awq",
-                      "--kv-cache-dtype", "fp8", "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")
-    words = shlex.split(plan["recommendation"]["build_command"])
+                      "--kv-cache-dtype", "fp8", "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "1")
+    rec = plan["recommendation"]
+    words = shlex.split(rec["build_command"])
     flags = dict(zip(words[3::2], words[4::2], strict=True))  # after `ingot build MODEL`
-    assert words[:3] == ["ingot", "build", "mistralai/Mixtral-8x22B-Instruct-v0.1"]
-    assert flags["--quant"] == "int4_awq" and flags["--kv-cache-dtype"] == "fp8"
-    assert int(flags["--tp"]) * int(flags["--pp"]) == 2
+    assert words[:3] == ["ingot", "build", "./Mixtral-8x22B-Instruct-v0.1"]  # a local folder, not the hub id
+    assert "--quant" not in flags and "--kv-cache-dtype" not in flags and "--tp" not in flags
+    notes = "\n".join(rec["build_notes"])
+    assert "no `--quant int4_awq` yet" in notes and "no `--kv-cache-dtype fp8` yet" in notes
     build = BuildConfig(dtype=flags["--dtype"], max_batch_size=int(flags["--max-batch-size"]),
                         max_input_len=int(flags["--max-input-len"]), max_seq_len=int(flags["--max-seq-len"]),
                         max_num_tokens=int(flags["--max-num-tokens"]))
     assert (build.max_batch_size, build.max_input_len, build.max_seq_len) == (32, 4096, 5120)
+    two = _json_plan(capsys, "--model", "mixtral-8x22b", "--gpu", "h200", "--precision", "int4_awq",
+                     "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")["recommendation"]
+    assert two["layout"]["num_gpus"] == 2 and two["build_command"] is None
+    assert "`ingot build` does not offer" in two["build_notes"][0]
 
 
 def test_model_from_config_json(tmp_path, capsys):
@@ -75,6 +94,8 @@ def test_model_from_config_json(tmp_path, capsys):
     assert plan["model"]["kv_bytes_per_token"] == 131_072
     assert plan["model"]["params_b"] == pytest.approx(8.03, abs=0.01)
     assert plan["recommendation"]["build_command"].startswith(f"ingot build {tmp_path} ")
+    # The folder holds only a config: the note says what ingot build also needs there.
+    assert any("is not a whole checkpoint yet" in n for n in plan["recommendation"]["build_notes"])
 
 
 def test_model_from_checkpoint_dir_with_moe_config(tmp_path, capsys):
@@ -94,3 +115,21 @@ def test_model_from_engine_dir(tmp_path, capsys):
     plan = _json_plan(capsys, "--model", str(engine), "--gpu", "l40s")
     assert plan["model"]["name"] == "llama8b-fp16" and plan["model"]["kv_bytes_per_token"] == 131_072
     assert plan["precision"]["name"] == "fp16"  # taken from the engine when --precision is absent
+    # engine.json records no source: a placeholder MODEL and a note saying what to put there.
+    assert plan["recommendation"]["build_command"].startswith("ingot build CHECKPOINT_DIR ")
+    assert "replace CHECKPOINT_DIR" in plan["recommendation"]["build_notes"][0]
+
+
+def test_model_from_engine_dir_rebuilds_from_its_source(tmp_path, capsys):
+    checkpoint = tmp_path / "Llama-3.1-8B"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps(LLAMA_8B_HF))
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    record = {"model": ModelConfig.from_hf(LLAMA_8B_HF).to_dict(), "build": {"dtype": "bf16"},
+              "source": str(checkpoint), "load_format": "auto"}
+    (engine / "engine.json").write_text(json.dumps(record))
+    rec = _json_plan(capsys, "--model", str(engine), "--gpu", "h100")["recommendation"]
+    assert rec["build_command"].startswith(f"ingot build {checkpoint} -o ")
+    assert rec["build_notes"] == []  # a whole checkpoint, bf16 as planned: nothing to add

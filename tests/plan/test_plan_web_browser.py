@@ -79,7 +79,8 @@ def _settle(tab, **expected: str) -> None:
 def test_page_updates_as_inputs_change(browser, plan_server):
     page = _open(browser, plan_server + "/")
     assert page.inner_text("#verdict").startswith("Fits: TP1 PP1 on 1 × H100 SXM")
-    assert "Llama-3.1-8B-Instruct" in page.inner_text("#build-command")
+    assert page.inner_text("#build-command").startswith("ingot build ./Llama-3.1-8B-Instruct -o ")
+    assert "hf download meta-llama/Llama-3.1-8B-Instruct" in page.inner_text("#build-notes")
 
     page.select_option("#model", "llama-3.1-405b")
     page.select_option("#num_gpus", "8")
@@ -91,11 +92,14 @@ def test_page_updates_as_inputs_change(browser, plan_server):
     page.select_option("#precision", "fp8")
     _settle(page, model="llama-3.1-405b", precision="fp8")
     assert page.inner_text("#verdict").startswith("Fits: TP8 PP1 on 8 × H100 SXM")
-    command = page.inner_text("#build-command")
-    assert "--quant fp8 --tp 8 --pp 1" in command
+    # ingot build has no --tp or --quant yet: no command, and notes naming the flags TP8 needs.
+    assert "cannot build this layout yet" in page.inner_text("#build-command")
+    notes = page.inner_text("#build-notes")
+    assert "needs `--tp 8 --pp 1`" in notes and "nor the plan's `--quant fp8`" in notes
     query = page.eval_on_selector("#result", "el => el.dataset.query")
     with urllib.request.urlopen(f"{plan_server}/api/plan?{query}", timeout=10) as response:
-        assert command == json.loads(response.read())["recommendation"]["build_command"]
+        rec = json.loads(response.read())["recommendation"]
+    assert rec["build_command"] is None and notes == "\n".join(rec["build_notes"])
 
     page.select_option("#gpu", "a100-80gb")
     _settle(page, gpu="a100-80gb", precision="fp8")
@@ -106,9 +110,13 @@ def test_page_updates_as_inputs_change(browser, plan_server):
     _settle(page, isl="-5")
     assert "--isl must be a positive integer" in page.inner_text("#verdict")
 
+    page.select_option("#model", "llama-3.1-8b")
+    page.select_option("#num_gpus", "1")
     page.fill("#isl", "4096")
-    _settle(page, isl="4096")
-    assert "--max-input-len 4096" in page.inner_text("#build-command")
+    _settle(page, model="llama-3.1-8b", num_gpus="1", isl="4096")
+    command = page.inner_text("#build-command")
+    assert "--max-input-len 4096" in command and "--dtype bf16" in command and "--quant" not in command
+    assert "no `--quant fp8` yet, so this command builds bf16 weights" in page.inner_text("#build-notes")
     assert page.locator("#layouts tbody tr.best").count() == 1
 
 
@@ -123,7 +131,10 @@ def test_page_works_mounted_under_a_prefix(browser):
         assert tab.inner_text("#verdict").startswith("Fits:")
         tab.select_option("#model", "mixtral-8x7b")
         _settle(tab, model="mixtral-8x7b")
-        assert "Mixtral-8x7B" in tab.inner_text("#build-command")
+        assert "needs `--tp 2 --pp 1`" in tab.inner_text("#build-notes")  # 93 GB of bf16 weights: TP2
+        tab.select_option("#precision", "fp8")
+        _settle(tab, model="mixtral-8x7b", precision="fp8")
+        assert tab.inner_text("#build-command").startswith("ingot build ./Mixtral-8x7B-Instruct-v0.1 ")
     finally:
         server.shutdown()
         server.server_close()

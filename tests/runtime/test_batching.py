@@ -30,7 +30,7 @@ def _workload(seed: int = 0):
 
 def _engine(engine_dir, policy="max_utilization", prefix=True, max_num_tokens=64, cache_bytes=None,
             async_output=False):
-    from ingot.builder.engine_format import read_spec
+    from ingot.engine_format import read_spec
 
     build = read_spec(engine_dir).build
     return LLMEngine(engine_dir, CacheConfig(enable_prefix_caching=prefix, max_cache_bytes=cache_bytes),

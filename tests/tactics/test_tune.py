@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ingot.config import ModelConfig
-from ingot.tactics import GEMM_NAMES, gemm_shapes, linear_fn, pick, validate
+from ingot.tactics import linear_fn, pick, validate
+from ingot.tactics.gemm_tuning import GEMM_NAMES, gemm_shapes
 from ingot.tactics.candidates import all_default_triton, default_candidates
 from ingot.tactics.tune import run_tuning
 
@@ -123,7 +124,7 @@ def test_linear_fn_names():
 
 
 def test_tune_on_cpu_is_refused():
-    from ingot.tactics import tune_gemms
+    from ingot.tactics.gemm_tuning import tune_gemms
 
     with pytest.raises(ValueError, match="CUDA"):
         tune_gemms(LLAMA_8B, None, [1], device="cpu")

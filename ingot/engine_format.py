@@ -1,12 +1,20 @@
-"""The engine directory and its engine.json.
+"""The engine directory and its engine.json: what the builder writes and the runtime reads.
 
     engines/NAME/
         engine.json           written last: its presence means the build completed
-        rank0.safetensors     weights in the runtime layout (fused, cast), one file per rank
+        rank0.safetensors     rank 0's weights in the runtime layout (fused, cast, quantized, sliced)
+        rank1.safetensors     ... one file per rank of the parallel mapping
         tokenizer.json, tokenizer_config.json, ...
 
-engine.json records what was frozen at build time: format version, model config, build
-config, the resolved dtype, the parallel mapping, the target device and the software versions.
+engine.json records what was frozen at build time: format version, model config, build config,
+the resolved dtype, the quantization (method, its parameters, the KV cache dtype), the parallel
+mapping (tp, pp, ep and which layers each rank owns), the target device, the chosen GEMM tactics
+and the software versions. This module sits outside the builder so the runtime reads engines
+without importing any build code.
+
+Format versions: 1 (single rank, no quantization record); 2 (this one: parallel mapping with
+per-rank files, quantization record). An engine of another version is refused with a message
+to rebuild it.
 """
 
 from __future__ import annotations
@@ -17,11 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingot.config import BuildConfig, ModelConfig
+from ingot.config import BuildConfig, ModelConfig, QuantConfig
 from ingot.errors import EngineError
+from ingot.parallel.mapping import ParallelMapping
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENGINE_JSON = "engine.json"
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(name: str):
+    """'bf16' -> torch.bfloat16 (the engine's resolved dtype)."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -61,7 +82,8 @@ class EngineSpec:
     build: BuildConfig
     dtype: str  # resolved: fp32 | fp16 | bf16
     target: TargetDevice
-    parallel: dict[str, int] = field(default_factory=lambda: {"tp": 1, "pp": 1})
+    mapping: ParallelMapping
+    quant: QuantConfig = field(default_factory=QuantConfig)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
     load_format: str = "auto"  # "dummy": random weights at the model's shapes, no tokenizer
@@ -69,6 +91,10 @@ class EngineSpec:
     tactic_timings: dict = field(default_factory=dict)  # gemm -> {bucket: {tactic: microseconds}}
     build_seconds: float = 0.0
     format_version: int = FORMAT_VERSION
+
+    @property
+    def world_size(self) -> int:
+        return self.mapping.world_size
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,7 +104,9 @@ class EngineSpec:
             "dtype": self.dtype,
             "target": {"kind": self.target.kind, "name": self.target.name,
                        "capability": self.target.capability},
-            "parallel": self.parallel,
+            "quantization": self.quant.to_dict(),
+            "parallel": self.mapping.to_dict(),
+            "weights": [rank_file(r.rank) for r in self.mapping.ranks],
             "versions": self.versions,
             "source": self.source,
             "load_format": self.load_format,
@@ -94,7 +122,8 @@ class EngineSpec:
             build=BuildConfig.from_dict(data["build"]),
             dtype=data["dtype"],
             target=TargetDevice(**data["target"]),
-            parallel=data.get("parallel", {"tp": 1, "pp": 1}),
+            mapping=ParallelMapping.from_dict(data["parallel"]),
+            quant=QuantConfig.from_dict(data["quantization"]),
             versions=data.get("versions", {}),
             source=data.get("source", ""),
             load_format=data.get("load_format", "auto"),

@@ -1,0 +1,1 @@
+"""Parallel layouts (mapping.py) and the collectives layers use (comm.py)."""

@@ -1,0 +1,24 @@
+"""Quantization schemes by name: the one list `ingot build` and engine.json draw from.
+
+Each entry names the module and class of a scheme (ingot/quantization/base.py). This module
+imports nothing heavy, so config validation and the planner can read the names.
+A new precision is a new file under ingot/quantization/ and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_SCHEMES = {
+    "none": ("ingot.quantization.unquantized", "Unquantized"),
+}
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_SCHEMES)
+
+
+def scheme_class(method: str):
+    """The QuantScheme subclass registered under `method` (validated by QuantConfig)."""
+    module, name = _SCHEMES[method]
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,148 @@
+"""Every `ingot build` command the planner prints parses with the real `ingot build` parser,
+and what that parser lacks becomes a note, not a flag (ingot/plan/command.py)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shlex
+
+import pytest
+
+from ingot.commands.build import make_build_parser
+from ingot.plan import command
+from ingot.plan.gpus import GPUS
+from ingot.plan.planner import make_plan
+from ingot.plan.precisions import KV_DTYPES, PRECISIONS
+from ingot.plan.presets import PRESETS
+
+ENVELOPES = {  # the default one (layouts up to the first GPU count that fits), and a long one on one GPU
+    "default": {},
+    "long-fp8-kv-one-gpu": {"isl": 8192, "osl": 2048, "concurrency": 256, "kv_cache_dtype": "fp8", "num_gpus": 1},
+}
+
+
+def _parse(build_command: str, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """argparse exits on an unknown flag or a value outside its choices; fail naming the command."""
+    words = shlex.split(build_command)
+    assert words[:2] == ["ingot", "build"], build_command
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return parser.parse_args(words[2:])
+    except SystemExit:
+        error = stderr.getvalue().strip().splitlines()[-1]  # after argparse's usage lines
+        pytest.fail(f"the planner printed `{build_command}`, which `ingot build` rejects: {error}", pytrace=False)
+
+
+def _future_parser(quant_choices=("fp8", "int4_awq", "int4_gptq", "w8a8_sq", "nvfp4", "mxfp4")):
+    """`ingot build` as later issues will make it: quantization, KV dtype and TP/PP/EP flags."""
+    parser = make_build_parser()
+    parser.add_argument("--quant", choices=list(quant_choices))
+    parser.add_argument("--kv-cache-dtype", choices=list(KV_DTYPES))
+    for flag in ("--tp", "--pp", "--ep"):
+        parser.add_argument(flag, type=int, default=1)
+    return parser
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES)
+def test_every_printed_command_parses_with_ingot_build(envelope):
+    parser = make_build_parser()
+    printed = 0
+    for model in PRESETS:
+        for gpu in GPUS:
+            for precision in PRECISIONS:
+                plan = make_plan(model, gpu, precision, **ENVELOPES[envelope])
+                rec = plan["recommendation"]
+                if rec["build_command"] is None:
+                    assert rec["layout"] is None or rec["build_notes"], (model, gpu, precision)
+                    continue
+                args = _parse(rec["build_command"], parser)
+                env = plan["envelope"]
+                assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == \
+                    (env["concurrency"], env["isl"], env["seq_len"]), rec["build_command"]
+                printed += 1
+    assert printed > 100  # the matrix prints commands, not only notes
+
+
+def test_fp8_on_one_gpu_builds_bf16_and_says_so():
+    plan = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)
+    rec = plan["recommendation"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert args.dtype == "bf16" and "--quant" not in rec["build_command"]
+    assert args.model == "./Llama-3.1-8B-Instruct" and args.output == "engines/llama-3.1-8b-bf16-tp1pp1"
+    notes = "\n".join(rec["build_notes"])
+    assert "`ingot build` has no `--quant fp8` yet, so this command builds bf16 weights: 16.1 GB" in notes
+    assert "still fits TP1 PP1 on H100 SXM 80GB" in notes
+    assert "hf download meta-llama/Llama-3.1-8B-Instruct --local-dir ./Llama-3.1-8B-Instruct" in notes
+
+
+def test_fp8_fallback_says_when_bf16_weights_do_not_fit():
+    rec = make_plan("llama-3.1-70b", "h100", "fp8", num_gpus=1)["recommendation"]
+    assert rec["layout"]["fits_weights"] and "--dtype bf16" in rec["build_command"]
+    assert any("builds bf16 weights: 141.1 GB instead of 72.7 GB in fp8" in n for n in rec["build_notes"])
+    assert any("does not fit TP1 PP1" in n for n in rec["build_notes"])
+
+
+def test_fp8_kv_cache_is_omitted_with_a_note():
+    rec = make_plan("llama-3.1-8b", "h100", "bf16", kv_cache_dtype="fp8", num_gpus=1)["recommendation"]
+    assert "--kv-cache-dtype" not in rec["build_command"]
+    assert any("no `--kv-cache-dtype fp8` yet, so the KV cache is stored in the activation dtype, bf16" in n
+               for n in rec["build_notes"])
+
+
+def test_tensor_parallel_layout_prints_no_command():
+    plan = make_plan("llama-3.1-70b", "h100", "fp8", isl=8192, osl=2048, concurrency=64)
+    rec = plan["recommendation"]
+    assert rec["layout"]["layout"] == "TP4 PP1" and rec["build_command"] is None
+    [note] = rec["build_notes"]
+    assert "TP4 PP1 needs `--tp 4 --pp 1`; `ingot build` does not offer `--tp 4` yet" in note
+    assert "nor the plan's `--quant fp8`" in note and "--num-gpus 1" in note
+
+
+def test_a_parser_with_the_flags_gets_them(monkeypatch):
+    """The check is driven by the parser: give it --quant/--tp and the planner prints them."""
+    monkeypatch.setattr(command, "build_parser", _future_parser)
+    rec = make_plan("llama-3.1-70b", "h100", "fp8", kv_cache_dtype="fp8", isl=8192, osl=2048,
+                    concurrency=64)["recommendation"]
+    assert "--dtype bf16 --quant fp8 --kv-cache-dtype fp8 --tp 4 --pp 1" in rec["build_command"]
+    args = _parse(rec["build_command"], _future_parser())
+    assert (args.quant, args.tp, args.pp) == ("fp8", 4, 1)
+    assert [n for n in rec["build_notes"] if "yet" in n] == []  # only the download note is left
+    moe = make_plan("qwen3-30b-a3b", "h100", "bf16", num_gpus=8)["recommendation"]
+    assert "--tp 8 --pp 1 --ep 8" in moe["build_command"]
+
+
+def test_a_flag_without_the_choice_is_not_printed(monkeypatch):
+    """--quant exists but does not list fp8: the value is checked, not only the flag."""
+    monkeypatch.setattr(command, "build_parser", lambda: _future_parser(quant_choices=("int4_awq",)))
+    fp8 = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)["recommendation"]
+    assert "--quant" not in fp8["build_command"] and "no `--quant fp8` yet" in "\n".join(fp8["build_notes"])
+    awq = make_plan("llama-3.1-8b", "h100", "int4_awq", num_gpus=1)["recommendation"]
+    assert "--quant int4_awq" in awq["build_command"]
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES)
+def test_every_command_parses_with_the_future_parser(monkeypatch, envelope):
+    """Once the flags exist, the multi-GPU commands they allow parse too."""
+    monkeypatch.setattr(command, "build_parser", _future_parser)
+    parser = _future_parser()
+    for model in PRESETS:
+        for precision in PRECISIONS:
+            rec = make_plan(model, "h100", precision, **ENVELOPES[envelope])["recommendation"]
+            assert (rec["build_command"] is None) == (rec["layout"] is None)
+            if rec["build_command"]:
+                args = _parse(rec["build_command"], parser)
+                assert (args.tp, args.pp) == (rec["layout"]["tp"], rec["layout"]["pp"])
+
+
+def test_build_parser_is_the_one_ingot_build_mounts():
+    """`ingot build` and make_build_parser share one definition of the flags."""
+    from ingot.commands import build
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    build.register(sub)
+    mounted = {flag for action in sub.choices["build"]._actions for flag in action.option_strings}
+    alone = {flag for action in make_build_parser()._actions for flag in action.option_strings}
+    assert mounted == alone and {"-o", "--dtype", "--max-batch-size"} <= alone
