@@ -120,7 +120,7 @@ def profile(batch: int = 1) -> dict:
 
     engine = _engine()
     _run(engine, _prompts(1, 128, seed=2), 8)
-    graph, _ = engine.runner.graphs.graphs[engine.runner.graphs.padded_size(batch)]
+    graph, *_ = engine.runner.graphs.graphs[engine.runner.graphs.key_for(batch, 1)]
     replay_s = timed_cuda(graph.replay, iters=50)
     for prompt in _prompts(batch, 128, seed=5):
         engine.add_request(prompt, SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))

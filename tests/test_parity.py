@@ -44,7 +44,7 @@ def _ingot_prefill_logits(engine: LLMEngine, prompts: list[list[int]]) -> list[t
     requests = [engine.add_request(p, SamplingParams(max_tokens=1)) for p in prompts]
     batch = engine.scheduler.schedule()
     assert batch.requests == requests, "all prompts fit one step"
-    inputs = engine.runner.prepare(batch.requests, batch.num_new_tokens)
+    inputs = engine.runner.prepare(batch)
     with torch.inference_mode():
         hidden = engine.model(inputs.input_ids, inputs.positions, engine.pool.layers, inputs.metadata)
         logits = engine.model.compute_logits(hidden)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingot.attention.base import AttentionBackend
+from ingot.attention.base import AttentionBackend, GraphBuffers, PaddingRow
 from ingot.attention.metadata import AttentionMetadata
 
 
@@ -18,4 +18,4 @@ def get_backend(name: str = "torch") -> AttentionBackend:
     raise ValueError(f"attention backend {name!r} is unknown; available: torch, triton")
 
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "get_backend"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "GraphBuffers", "PaddingRow", "get_backend"]

@@ -10,19 +10,47 @@ Grouped-query attention: query head h reads KV head h // (num_heads // num_kv_he
 
 Cache layout, shared by every backend so engines and pools do not depend on the backend:
     kv_cache: (2, num_blocks, tokens_per_block, num_kv_heads, head_dim); [0] keys, [1] values.
+
+CUDA graphs (ingot/runtime/cuda_graphs.py) capture steps in which every sequence computes the
+same number of tokens q (decode: 1; verifying k drafts: 1 + k). A backend that can be captured
+sets supports_cuda_graphs and answers two hooks:
+  graph_metadata  at capture: metadata over the graph's static buffers, its host fields fixed for
+                  every replay (so its launch grids fit any step of that shape);
+  graph_padding   at replay: what the rows that pad a step up to the captured size hold.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from ingot.attention.metadata import AttentionMetadata
 
 
+@dataclass
+class GraphBuffers:
+    """Static device buffers a captured step reads; refilled before each replay."""
+
+    seq_lens: torch.Tensor  # (max_seqs,) int32
+    block_tables: torch.Tensor  # (max_seqs, max_blocks_per_seq) int32
+    slot_mapping: torch.Tensor  # (max_seqs * max_tokens_per_seq,) int64
+    query_starts: dict[int, torch.Tensor]  # q -> (max_seqs + 1,) int32 = 0, q, 2q, ...: constant per q
+
+
+@dataclass(frozen=True)
+class PaddingRow:
+    """A sequence that only pads a captured step: it must compute nothing that matters and write nothing."""
+
+    seq_len: int
+    slot: int  # the cache slot its new tokens write to; -1: none
+    block: int  # what its block table holds
+
+
 class AttentionBackend(ABC):
     name: str = "base"
+    supports_cuda_graphs: bool = False
 
     @abstractmethod
     def forward(
@@ -36,6 +64,24 @@ class AttentionBackend(ABC):
         sliding_window: int | None,
     ) -> torch.Tensor:  # (num_tokens, num_heads, head_dim)
         ...
+
+    def graph_metadata(self, buffers: GraphBuffers, num_seqs: int, tokens_per_seq: int,
+                       max_seq_len: int) -> AttentionMetadata:
+        """Capture hook: a step of num_seqs sequences of tokens_per_seq new tokens each. The host
+        fields claim the longest context (max_seq_len) for every sequence, so sizes chosen from
+        them (splits, grids) cover whatever lengths a replay brings; forward must read the
+        actual lengths from the device tensors only."""
+        starts = buffers.query_starts[tokens_per_seq][: num_seqs + 1]
+        return AttentionMetadata(
+            query_start_loc=starts, seq_lens=buffers.seq_lens[:num_seqs], block_tables=buffers.block_tables[:num_seqs],
+            slot_mapping=buffers.slot_mapping[: num_seqs * tokens_per_seq],
+            query_start_loc_cpu=list(range(0, (num_seqs + 1) * tokens_per_seq, tokens_per_seq)),
+            seq_lens_cpu=[max_seq_len] * num_seqs, max_query_len=tokens_per_seq, max_seq_len=max_seq_len)
+
+    def graph_padding(self, tokens_per_seq: int) -> PaddingRow:
+        """Replay hook: a padding sequence has a context of just its own tokens in the reserved
+        null block 0, and writes no KV (slot -1)."""
+        return PaddingRow(seq_len=tokens_per_seq, slot=-1, block=0)
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:

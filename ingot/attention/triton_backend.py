@@ -8,16 +8,16 @@ kind and skips, on the device, the sequences of the other kind; the scheduler pu
 (decoding) requests first, so the ranges rarely overlap. All sizes come from the metadata's
 host copies: forward never reads a device tensor on the host, so it never syncs.
 
-What must stay static for a captured CUDA graph of a pure decode step (the runner pads the
-batch to the captured size and keeps these fixed for the capture):
-  * num_seqs (rows of seq_lens / block_tables) and block_tables.shape[1] (pad the table to the
-    envelope's max blocks per sequence): together they fix the split count and the grids;
+What must stay static for a captured CUDA graph of a step (decode, or verify of k drafts; the
+base class's graph_metadata hook builds the capture's metadata this way):
+  * num_seqs (rows of seq_lens / block_tables) and block_tables.shape[1] (the envelope's max
+    blocks per sequence): together they fix the split count and the grids;
   * metadata.max_query_len (1 for decode, k+1 for a verify step): fixes the kernel variant;
   * the tensors' storage: the graph replays fixed pointers, so the runner copies each step's
-    query_start_loc, seq_lens, block_tables and slot_mapping into persistent buffers.
+    seq_lens, block_tables and slot_mapping into persistent buffers.
 Device contents may change freely: seq_lens, block ids, slots, and even how many new tokens each
-sequence has, as long as every query_len stays <= max_query_len. Padded sequences should get
-query_len 1, seq_len 1, block 0 and slot -1 (the KV write skips negative slots).
+sequence has, as long as every query_len stays <= max_query_len. Padded sequences (graph_padding)
+get seq_len = query_len, block 0 and slot -1 (the KV write skips negative slots).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def _range(indices: list[int], lens: list[int]) -> _Range | None:
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    supports_cuda_graphs = True  # launch sizes come from host metadata only; forward never syncs
 
     def forward(self, q, k, v, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
         write_kv_cache(k, v, kv_cache, metadata.slot_mapping)

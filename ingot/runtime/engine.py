@@ -1,6 +1,11 @@
-"""LLMEngine: the step loop. schedule -> execute -> sample -> update.
+"""LLMEngine: the step loop. schedule -> execute -> update.
 
-    request ─▶ add_request ─▶ Scheduler.schedule ─▶ ModelRunner.execute ─▶ Sampler ─▶ _update ─▶ outputs
+    request ─▶ add_request ─▶ Scheduler.schedule ─▶ SchedulerOutput ─▶ ModelRunner.execute ─▶ RunnerOutput ─▶ _update ─▶ outputs
+
+The records between the parts are plain data (ingot/runtime/records.py); the model runner owns
+every tensor, the sampler and the host/GPU overlap; the engine owns the requests: it appends the
+tokens they accepted, rewinds the KV of rejected drafts, applies stop conditions and publishes
+newly full blocks to the prefix cache.
 """
 
 from __future__ import annotations
@@ -15,16 +20,16 @@ from ingot import envs
 from ingot.attention import get_backend
 from ingot.config import CacheConfig, SchedulerConfig
 from ingot.errors import RequestError
-from ingot.layers.sampler import Sampler, SamplingRow, make_generator
+from ingot.layers.sampler import make_generator
+from ingot.runtime.cuda_graphs import StepGraphs
 from ingot.runtime.detokenizer import IncrementalDetokenizer
-from ingot.runtime.cuda_graphs import DecodeGraphs
 from ingot.runtime.kv_cache import BlockPool, KVCachePool, blocks_needed
 from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.kv_sizing import plan_pool
 from ingot.runtime.loader import load_engine
 from ingot.runtime.model_runner import ModelRunner
 from ingot.runtime.outputs import CompletionOutput, RequestOutput
-from ingot.runtime.overlap import PendingStep
+from ingot.runtime.records import RunnerOutput, SampledTokens
 from ingot.runtime.request import Request
 from ingot.runtime.scheduler import Scheduler
 from ingot.runtime.stats import EngineStats
@@ -34,7 +39,9 @@ from ingot.tokenizer import Tokenizer
 
 logger = logging.getLogger("ingot")
 
-
+# Small batches: the host's work per step is ~0.3 ms at batch 1 (H200, 8B shape), about what the
+# overlap's own copies and event cost; measured there: batch-1 decode 202.7 tok/s without overlap,
+# 201 with it. It pays at large batches (128/2048: 9.8k -> 13.7k tok/s).
 OVERLAP_MIN_BATCH = 8
 
 
@@ -55,7 +62,8 @@ class LLMEngine:
         if envs.num_cpu_threads():
             torch.set_num_threads(envs.num_cpu_threads())
         self.attention_backend = resolve_backend(attention_backend, device)
-        self.spec, self.model, self.device = load_engine(engine_dir, get_backend(self.attention_backend), device)
+        self.backend = get_backend(self.attention_backend)
+        self.spec, self.model, self.device = load_engine(engine_dir, self.backend, device)
         # Engines built with --load-format dummy have no tokenizer: they take token ids only.
         has_tokenizer = (self.engine_dir / "tokenizer.json").is_file()
         self.tokenizer = Tokenizer.from_dir(engine_dir) if has_tokenizer else None
@@ -70,29 +78,24 @@ class LLMEngine:
         self.kv = KVCacheManager(BlockPool(self.pool_plan.num_blocks), build.tokens_per_block,
                                  cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, scheduler_config or SchedulerConfig.for_engine(build), build.max_seq_len)
-        self.runner = ModelRunner(self.model, self.pool, self.device, self._capture_graphs(enforce_eager))
-        self.sampler = Sampler()
+        on_cuda = self.device.type == "cuda"
+        # Overlap host post-processing with the GPU: default on CUDA, where it pays.
+        self.runner = ModelRunner(self.model, self.pool, self.device, self._capture_graphs(enforce_eager),
+                                  async_output=on_cuda if async_output is None else async_output,
+                                  overlap_min_batch=OVERLAP_MIN_BATCH if on_cuda else 1)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        # Overlap host post-processing with the GPU (default on CUDA, where it pays).
-        self.async_output = self.device.type == "cuda" if async_output is None else async_output
-        # Small batches: the host's work per step is ~0.3 ms at batch 1 (H200, 8B shape), about
-        # what the overlap's own copies and event cost; measured there: batch-1 decode 202.7 tok/s
-        # without overlap, 201 with it. It pays at large batches (128/2048: 9.8k -> 13.7k tok/s).
-        self.overlap_min_batch = OVERLAP_MIN_BATCH if self.device.type == "cuda" else 1
-        self._pending: PendingStep | None = None
-        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0}
+        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0}
         self.stats = self._snapshot(0)
 
-    def _capture_graphs(self, enforce_eager: bool) -> DecodeGraphs | None:
+    def _capture_graphs(self, enforce_eager: bool) -> StepGraphs | None:
         """CUDA graphs for decode at the engine's batch sizes (needs a graph-safe backend)."""
         build = self.spec.build
-        if enforce_eager or self.device.type != "cuda" or self.attention_backend != "triton" \
+        if enforce_eager or self.device.type != "cuda" or not self.backend.supports_cuda_graphs \
                 or not build.cuda_graph_batch_sizes:
             return None
-        graphs = DecodeGraphs(self.model, self.pool.layers, build.cuda_graph_batch_sizes,
-                              blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len,
-                              build.tokens_per_block, self.device)
+        graphs = StepGraphs(self.model, self.backend, self.pool.layers, build.cuda_graph_batch_sizes, (1,),
+                            blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len, self.device)
         graphs.capture()
         return graphs
 
@@ -164,84 +167,50 @@ class LLMEngine:
     # ---- the step ----
 
     def step(self) -> list[RequestOutput]:
-        """One engine step: schedule -> execute -> sample -> update. Returns the outputs of the
-        requests that produced a token (or finished) in this step.
-
-        Overlap (async_output): a pure-decode step is launched without waiting for its tokens;
-        the next step is scheduled and launched first, feeding those tokens from the device, and
-        only then are they read back and post-processed (stop checks, detokenizing), while the
-        GPU computes. A request that stopped has computed one extra token, which is dropped.
-        """
-        pending, self._pending = self._pending, None
-        batch = self.scheduler.schedule()
-        outputs: list[RequestOutput] = []
-        chained = pending is not None and batch.requests and self._overlappable(batch) \
-            and all(r in pending.row_of for r in batch.requests)
-        if chained:
-            launched = self._launch(batch, pending)
-            outputs = self._resolve(pending)
-            self._pending = launched.placeholders_for_unfinished()
-        else:
-            if pending is not None:
-                outputs = self._resolve(pending)
-                _drop_finished(batch)
-            if batch.requests and self.async_output and self._overlappable(batch):
-                self._pending = self._launch(batch, None).placeholders_for_unfinished()
-            elif batch.requests:
-                rows, logits = self.runner.execute(batch.requests, batch.num_new_tokens)
-                self._account(batch)
-                sampled = [batch.requests[row] for row in rows]
-                outputs += self._sample_and_update(sampled, logits) if sampled else []
-        self.stats = self._snapshot(batch.total_tokens)
-        return outputs
-
-    def _overlappable(self, batch) -> bool:
-        """Pure decode of enough sequences, and nothing needs this step's tokens on the host
-        before the next launch."""
-        if len(batch.requests) < self.overlap_min_batch:
-            return False
-        return all(n == 1 for n in batch.num_new_tokens) and all(
-            r.params.logprobs is None and not _needs_history(r.params) for r in batch.requests)
-
-    def _launch(self, batch, previous: PendingStep | None) -> PendingStep:
-        """Execute and sample without reading the tokens back; they stay on the device."""
-        input_ids = None
-        if previous is not None:
-            rows = torch.tensor([previous.row_of[r] for r in batch.requests], device=self.device)
-            input_ids = previous.token_ids.index_select(0, rows)
-        _, logits = self.runner.execute(batch.requests, batch.num_new_tokens, input_ids)
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in batch.requests]
-        token_ids = self.sampler.sample_ids(logits, rows)
-        self._account(batch, register=False)  # blocks are published once their tokens are known
-        return PendingStep.start(batch.requests, token_ids)
-
-    def _resolve(self, pending: PendingStep) -> list[RequestOutput]:
-        """Read a launched step's tokens back and post-process them."""
+        """One engine step: schedule -> execute -> update. Returns the outputs of the requests that
+        produced tokens (or finished) in this step; with the overlap (ModelRunner), a decode step's
+        tokens arrive one step later, while the GPU computes the next."""
+        step = self.scheduler.schedule()
         outputs = []
-        for request, token in zip(pending.requests, pending.read_tokens()):
-            if request.is_finished:
-                continue  # aborted while in flight
-            request.resolve_placeholder(token)
-            self._totals["generated"] += 1
-            self.kv.register_computed(request)
-            delta = apply_stop_conditions(request, token, self.spec.build.max_seq_len)
-            if request.finish_reason is not None:
-                self.scheduler.finish(request)  # blocks reused only by later launches: stream order
-                self.requests.pop(request.request_id, None)
-            outputs.append(output_of(request, delta))
+        for result in self.runner.execute(step):
+            outputs += self._update(result)
+        self.stats = self._snapshot(step.total_tokens)
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self._pending is not None or self.scheduler.has_unfinished()
+        return self.runner.in_flight is not None or self.scheduler.has_unfinished()
 
-    def _account(self, batch, register: bool = True) -> None:
-        for request, num in zip(batch.requests, batch.num_new_tokens):
-            computed_prompt = max(min(request.num_prompt_tokens - request.num_computed_tokens, num), 0)
-            self._totals["prompt_computed"] += computed_prompt
-            request.num_computed_tokens += num
-            if register:
-                self.kv.register_computed(request)
+    def _update(self, result: RunnerOutput) -> list[RequestOutput]:
+        """Apply a step's output: accepted tokens, rewinds, stops; publish newly full blocks."""
         self._totals["steps"] += 1
+        self._totals["prompt_computed"] += sum(s.num_prompt_tokens for s in result.step.scheduled)
+        outputs = [self._accept(sampled) for sampled in result.sampled if not sampled.request.is_finished]
+        for scheduled in result.step.scheduled:
+            if not scheduled.samples and not scheduled.request.is_finished:
+                self.kv.publish_accepted(scheduled.request)  # a prompt chunk's full blocks
+        return outputs
+
+    def _accept(self, sampled: SampledTokens) -> RequestOutput:
+        """Rewind rejected drafts, append the request's new tokens until one stops it, publish."""
+        request = sampled.request
+        self.kv.rewind(request, sampled.num_rejected)
+        self._totals["drafts"] += sampled.num_drafts
+        self._totals["accepted"] += sampled.num_drafts - sampled.num_rejected
+        delta_text, delta_ids = "", []
+        for i, token in enumerate(sampled.token_ids):
+            request.append_token(token)
+            delta_ids.append(token)
+            self._totals["generated"] += 1
+            if sampled.logprobs is not None:
+                request.logprobs.append(sampled.logprobs[i])
+            delta_text += apply_stop_conditions(request, token, self.spec.build.max_seq_len)
+            if request.finish_reason is not None:
+                break
+        self.kv.publish_accepted(request)
+        if request.finish_reason is not None:
+            self.scheduler.finish(request)  # its blocks are reused only by later launches: stream order
+            self.requests.pop(request.request_id, None)
+        return output_of(request, delta_text, delta_ids)
 
     def _snapshot(self, tokens_scheduled: int) -> EngineStats:
         pool, counters = self.kv.pool, self.scheduler.counters
@@ -252,41 +221,5 @@ class LLMEngine:
             kv_blocks_cached=pool.num_cached_free, tokens_scheduled=tokens_scheduled,
             prompt_tokens_total=self._totals["prompt"], prompt_tokens_computed_total=self._totals["prompt_computed"],
             generation_tokens_total=self._totals["generated"], prefix_cache_queries=counters.prefix_queries,
-            prefix_cache_hits=counters.prefix_hits)
-
-    def _sample_and_update(self, requests: list[Request], logits: torch.Tensor) -> list[RequestOutput]:
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
-        result = self.sampler(logits, rows)
-        outputs = []
-        for i, request in enumerate(requests):
-            token = result.token_ids[i]
-            request.append_token(token)
-            self._totals["generated"] += 1
-            if request.params.logprobs is not None:
-                request.logprobs.append(_logprob_entry(token, result, i))
-            delta = apply_stop_conditions(request, token, self.spec.build.max_seq_len)
-            if request.finish_reason is not None:
-                self.scheduler.finish(request)
-                self.requests.pop(request.request_id, None)
-            outputs.append(output_of(request, delta))
-        return outputs
-
-
-def _needs_history(params: SamplingParams) -> bool:
-    """Penalties read the previous tokens, so such a row cannot be sampled before they are known."""
-    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-
-
-def _drop_finished(batch) -> None:
-    """Requests that stopped while this batch was being scheduled leave it (their blocks are freed)."""
-    keep = [i for i, r in enumerate(batch.requests) if not r.is_finished]
-    batch.requests = [batch.requests[i] for i in keep]
-    batch.num_new_tokens = [batch.num_new_tokens[i] for i in keep]
-
-
-def _logprob_entry(token: int, result, i: int) -> dict[int, float]:
-    entry = {token: result.logprobs[i]}
-    if result.top_logprobs is not None:
-        for alt, logprob in result.top_logprobs[i]:
-            entry.setdefault(alt, logprob)
-    return entry
+            prefix_cache_hits=counters.prefix_hits, draft_tokens_total=self._totals["drafts"],
+            accepted_draft_tokens_total=self._totals["accepted"])

@@ -6,10 +6,15 @@ lists them in order, so token t sits in block_ids[t // B] at offset t % B:
     block table  [7, 2, 9]          B = 4
     tokens        0..3 -> block 7,  4..7 -> block 2,  8..10 -> block 9 (one slot still free)
 
-Prefix reuse. A *full* block whose KV has been computed is identified by a hash chain,
-    key_0 = hash((None, tokens of block 0)),  key_i = hash((key_{i-1}, tokens of block i)),
-so equal keys mean equal token prefixes. Such blocks are registered in the prefix cache and
-shared read-only: a new request whose prompt starts with the same blocks takes them (ref count
+Prefix reuse. A *full* block whose KV has been computed and whose tokens are accepted (never a
+speculative draft) is identified by a SHA-256 hash chain,
+    key_0 = sha256(root || tokens of block 0),   key_i = sha256(key_{i-1} || tokens of block i),
+tokens as 8-byte little-endian integers, root = sha256 of a namespace and any extra keys (an
+adapter id, say) so caches of different kinds never meet. Equal keys mean equal token prefixes,
+except with the probability of a SHA-256 collision: a wrong hit would serve another request's KV,
+so the key must not collide by accident (Python's hash() of a tuple does: hash(-1) == hash(-2),
+and ints equal modulo 2**61 - 1 hash alike) nor on purpose. Such blocks are registered in the
+prefix cache and shared read-only: a new request whose prompt starts with the same blocks takes them (ref count
 +1) instead of recomputing them. A block whose ref count drops to 0 goes to the free queue but
 keeps its contents and key, so it can still be hit until it is handed out again; blocks are
 handed out from the front of the free queue (least recently freed first: LRU eviction).
@@ -19,6 +24,8 @@ Block 0 is never handed out: padded positions (e.g. in captured CUDA graphs) may
 
 from __future__ import annotations
 
+import array
+import hashlib
 from collections import OrderedDict
 
 import torch
@@ -26,7 +33,15 @@ import torch
 from ingot.errors import ConfigError
 
 NULL_BLOCK = 0
-BlockKey = int
+BlockKey = bytes  # a SHA-256 digest
+
+
+def root_key(*extra_keys: str) -> BlockKey:
+    """The parent of a sequence's first block: ingot's namespace plus any extra keys."""
+    return hashlib.sha256("\x00".join(("ingot-prefix-cache-v1", *extra_keys)).encode()).digest()
+
+
+ROOT_KEY = root_key()
 
 
 def blocks_needed(num_tokens: int, tokens_per_block: int) -> int:
@@ -107,13 +122,13 @@ class BlockPool:
 
 
 def chain_keys(token_ids: list[int], tokens_per_block: int, keys: list[BlockKey],
-               limit: int | None = None) -> list[BlockKey]:
+               limit: int | None = None, root: BlockKey = ROOT_KEY) -> list[BlockKey]:
     """Extend `keys` (the keys of the first len(keys) full blocks) to cover every full block,
     or the first `limit` blocks (tokens past them may not be known yet)."""
     full = len(token_ids) // tokens_per_block
     for index in range(len(keys), full if limit is None else min(full, limit)):
-        block_tokens = tuple(token_ids[index * tokens_per_block:(index + 1) * tokens_per_block])
-        keys.append(hash((keys[-1] if keys else None, block_tokens)))
+        block_tokens = array.array("q", token_ids[index * tokens_per_block:(index + 1) * tokens_per_block])
+        keys.append(hashlib.sha256((keys[-1] if keys else root) + block_tokens.tobytes()).digest())
     return keys
 
 

@@ -2,7 +2,12 @@
 
 For each request it answers: which leading blocks of the prompt are already cached (prefix
 reuse), can the blocks for this step's new tokens be had, which computed blocks become
-shareable, and it frees everything when the request leaves.
+shareable, and it frees everything when the request leaves. Speculative tokens that were
+computed and then rejected are rewound:
+
+    computed:  [ accepted ............ | rejected drafts ]      rewind(request, len(rejected))
+    blocks:    [ b0 ][ b1 ][ b2 ][ b3 ]                  ->    [ b0 ][ b1 ][ b2 ]   b3 freed
+    published: [ b0 ][ b1 ]  (full blocks of accepted tokens only; b2 is published once full)
 """
 
 from __future__ import annotations
@@ -55,11 +60,27 @@ class KVCacheManager:
         request.block_ids.extend(self.pool.allocate(fresh))
         return True
 
-    def register_computed(self, request: Request) -> None:
-        """Publish the request's blocks that became full and computed this step."""
+    def rewind(self, request: Request, num_tokens: int) -> None:
+        """Forget the KV of the request's last `num_tokens` computed tokens (rejected drafts) and
+        free the blocks that hold none of the kept tokens. Published blocks are never rewound:
+        only full blocks of accepted tokens are published."""
+        if num_tokens <= 0:
+            return
+        assert num_tokens <= request.num_computed_tokens, (num_tokens, request.num_computed_tokens)
+        request.num_computed_tokens -= num_tokens
+        keep = blocks_needed(request.num_computed_tokens, self.tokens_per_block)
+        assert keep >= request.num_registered_blocks, "a published block holds rejected tokens"
+        released = request.block_ids[keep:]
+        del request.block_ids[keep:]
+        self.pool.free(released)
+
+    def publish_accepted(self, request: Request) -> None:
+        """Publish the request's blocks that are full of computed, accepted tokens. Tokens in
+        request.token_ids are accepted; drafts being verified are not among them, and a step
+        still in flight has computed (or is computing) KV the stream order makes safe to reuse."""
         if not self.enable_prefix_caching:
             return
-        full = request.num_computed_tokens // self.tokens_per_block
+        full = min(request.num_computed_tokens, request.num_tokens) // self.tokens_per_block
         if full <= request.num_registered_blocks:
             return
         keys = chain_keys(request.token_ids, self.tokens_per_block, request.block_keys, limit=full)

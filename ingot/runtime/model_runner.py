@@ -1,20 +1,34 @@
-"""ModelRunner: turns a scheduled batch into one packed forward pass and returns logits.
+"""ModelRunner: a SchedulerOutput in, RunnerOutputs out. It turns the step into tensors, runs
+the model (a captured CUDA graph when the step's shape has one), samples, verifies draft tokens,
+and overlaps the host's work with the GPU.
 
 The runner owns the model and the KV pool (device memory); the scheduler and the block
 allocator never touch tensors.
+
+Overlap. A pure decode step whose tokens nothing on the host needs before the next launch
+(no logprobs, no penalties reading the history, no drafts) is launched and left in flight: its
+tokens stay on the device and feed the next step's inputs, and are read back one step later,
+while the GPU runs that next step. `execute` therefore yields the outputs of the steps whose
+tokens became known, oldest first; the engine applies each before the runner continues (a
+step sampled afterwards reads the request histories that output completed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ingot.attention import AttentionMetadata
-from ingot.runtime.cuda_graphs import DecodeGraphs
+from ingot.layers.sampler import Sampler, SamplingRow
+from ingot.runtime.cuda_graphs import StepGraphs
 from ingot.runtime.kv_cache import KVCachePool
-from ingot.runtime.request import Request
+from ingot.runtime.overlap import PendingStep
+from ingot.runtime.records import RunnerOutput, SampledTokens, SchedulerOutput
+from ingot.runtime.step_inputs import block_table_array, host_inputs
+from ingot.sampling_params import SamplingParams
+from ingot.speculative.verify import num_accepted
 
 
 @dataclass
@@ -22,102 +36,149 @@ class StepInputs:
     input_ids: torch.Tensor  # (num_tokens,) int64, device
     positions: torch.Tensor  # (num_tokens,) int64, device
     metadata: AttentionMetadata
-    sample_rows: list[int]  # index into the batch of each request that samples a token this step
-    sample_token_index: torch.Tensor  # (num_sampled,) int64, device: packed row of its last new token
+    sample_index: torch.Tensor  # (num_sampled,) int64, device: packed rows whose logits are sampled
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, pool: KVCachePool, device: torch.device,
-                 graphs: DecodeGraphs | None = None) -> None:
+                 graphs: StepGraphs | None = None, async_output: bool = False, overlap_min_batch: int = 1,
+                 want_hidden_states: bool = False) -> None:
         self.model = model
         self.pool = pool
         self.device = device
-        self.graphs = graphs  # CUDA graphs for pure-decode steps, when captured
+        self.graphs = graphs  # CUDA graphs for steps of uniform tokens per sequence, when captured
+        self.sampler = Sampler()
+        self.async_output = async_output
+        self.overlap_min_batch = overlap_min_batch
+        self.want_hidden_states = want_hidden_states  # return the sampled positions' hidden states
+        self.in_flight: PendingStep | None = None
+
+    # ---- the step ----
+
+    def execute(self, step: SchedulerOutput) -> Iterator[RunnerOutput]:
+        """Run `step`; yield the output of every step whose tokens are now known, oldest first.
+        The caller must apply each output before asking for the next."""
+        previous, self.in_flight = self.in_flight, None
+        if previous is not None and self._defers(step) and previous.holds_all(step):
+            launched = self._launch(step, previous)  # the GPU starts this step before the last is read
+            yield previous.collect()
+            self.in_flight = launched.hold_places()  # after the engine applied `previous`
+            return
+        if previous is not None:
+            yield previous.collect()
+            step = step.without_finished()  # requests that output stopped compute nothing more
+        if not step.scheduled:
+            return
+        if self._defers(step):
+            self.in_flight = self._launch(step, None).hold_places()
+        else:
+            yield self._run(step)
+
+    def _defers(self, step: SchedulerOutput) -> bool:
+        """Can this step's tokens stay on the device until after the next launch?"""
+        if not self.async_output or self.want_hidden_states or len(step.scheduled) < self.overlap_min_batch:
+            return False
+        return all(s.num_tokens == 1 and s.samples and s.request.params.logprobs is None
+                   and not _reads_history(s.request.params) for s in step.scheduled)
+
+    def _run(self, step: SchedulerOutput) -> RunnerOutput:
+        logits, hidden = self.forward(step)
+        return RunnerOutput(step, self._sample(step, logits), hidden if self.want_hidden_states else None)
+
+    def _launch(self, step: SchedulerOutput, previous: PendingStep | None) -> PendingStep:
+        """Forward and sample on the device without reading the tokens back."""
+        device_ids = previous.inputs_for(step) if previous is not None else None
+        logits, _ = self.forward(step, device_ids)
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in step.requests]
+        return PendingStep.start(step, self.sampler.sample_ids(logits, rows))
+
+    # ---- forward ----
 
     @torch.inference_mode()
-    def execute(self, requests: list[Request], num_new_tokens: list[int],
-                input_ids: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
-        """Run the step; return (which batch rows sample, their logits (num_sampled, vocab) fp32).
-        input_ids (pure decode only): this step's tokens already on the device, (num_requests,),
-        when the host does not know them yet (they were sampled by the step still in flight)."""
-        if self.graphs is not None and len(requests) <= self.graphs.max_batch_size \
-                and all(n == 1 for n in num_new_tokens):
-            return self._decode_with_graph(requests, input_ids)
-        inputs = self.prepare(requests, num_new_tokens)
-        if input_ids is not None:
-            inputs.input_ids = input_ids
+    def forward(self, step: SchedulerOutput, device_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (num_sampled, vocab) fp32 and hidden states (num_sampled, hidden) of the step's
+        sampled positions, in request order. device_ids (a decode step only): its input tokens,
+        already on the device, (num_requests,)."""
+        key = self._graph_key(step)
+        if key is not None:
+            return self._replay(step, key, device_ids)
+        inputs = self.prepare(step)
+        if device_ids is not None:
+            inputs.input_ids = device_ids
         hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
-        if not inputs.sample_rows:
-            return [], hidden.new_empty((0, 0), dtype=torch.float32)
-        logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_token_index))
-        return inputs.sample_rows, logits
+        hidden = hidden.index_select(0, inputs.sample_index)
+        return self.model.compute_logits(hidden), hidden
 
-    def _decode_with_graph(self, requests: list[Request], input_ids: torch.Tensor | None
-                           ) -> tuple[list[int], torch.Tensor]:
-        block_size = self.pool.tokens_per_block
-        positions = [r.num_computed_tokens for r in requests]
-        slots = [r.block_ids[p // block_size] * block_size + p % block_size for r, p in zip(requests, positions)]
-        tables = block_table_array(requests, self.graphs.max_blocks, self.graphs.padded_size(len(requests)))
-        host_ids = [0] * len(requests) if input_ids is not None else \
-            [r.token_ids[p] for r, p in zip(requests, positions)]
-        logits = self.graphs.replay(host_ids, positions, slots, [p + 1 for p in positions], tables, input_ids)
-        return list(range(len(requests))), logits
+    def _graph_key(self, step: SchedulerOutput) -> tuple[int, int] | None:
+        """A captured graph computes and samples every position: each request must sample all of its tokens."""
+        if self.graphs is None or not all(s.num_sampled == s.num_tokens for s in step.scheduled):
+            return None
+        return self.graphs.key_for(len(step.scheduled), step.tokens_per_request)
 
-    def prepare(self, requests: list[Request], num_new_tokens: list[int]) -> StepInputs:
-        block_size = self.pool.tokens_per_block
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        sample_index: list[int] = []
-        for row, (request, num) in enumerate(zip(requests, num_new_tokens)):
-            start = request.num_computed_tokens
-            end = start + num
-            input_ids.extend(request.token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(slot_range(request.block_ids, start, end, block_size))
-            query_start_loc.append(query_start_loc[-1] + num)
-            seq_lens.append(end)
-            if end == request.num_tokens:  # prompt complete (or decoding): the next token is due
-                sample_rows.append(row)
-                sample_index.append(query_start_loc[-1] - 1)
-        tables = block_table_array(requests, max(len(r.block_ids) for r in requests))
+    def _replay(self, step: SchedulerOutput, key: tuple[int, int], device_ids: torch.Tensor | None):
+        inputs = host_inputs(step, self.pool.tokens_per_block)
+        pad = self.graphs.backend.graph_padding(key[1])
+        tables = block_table_array(step, self.graphs.max_blocks, key[0], pad.block)
+        ids = [0] * len(inputs.input_ids) if device_ids is not None else inputs.input_ids
+        return self.graphs.replay(key, ids, inputs.positions, inputs.slots, inputs.seq_lens, tables, device_ids)
+
+    def prepare(self, step: SchedulerOutput) -> StepInputs:
+        inputs = host_inputs(step, self.pool.tokens_per_block)
+        tables = block_table_array(step, max(len(s.request.block_ids) for s in step.scheduled))
         metadata = AttentionMetadata(
-            query_start_loc=self._tensor(query_start_loc, torch.int32),
-            seq_lens=self._tensor(seq_lens, torch.int32),
+            query_start_loc=self._tensor(inputs.query_start, torch.int32),
+            seq_lens=self._tensor(inputs.seq_lens, torch.int32),
             block_tables=torch.from_numpy(tables).to(self.device, non_blocking=True),
-            slot_mapping=self._tensor(slots, torch.int64),
-            query_start_loc_cpu=query_start_loc,
-            seq_lens_cpu=seq_lens,
-            max_query_len=max(num_new_tokens),
-            max_seq_len=max(seq_lens),
+            slot_mapping=self._tensor(inputs.slots, torch.int64),
+            query_start_loc_cpu=inputs.query_start,
+            seq_lens_cpu=inputs.seq_lens,
+            max_query_len=max(s.num_tokens for s in step.scheduled),
+            max_seq_len=max(inputs.seq_lens),
         )
-        return StepInputs(
-            input_ids=self._tensor(input_ids, torch.int64),
-            positions=self._tensor(positions, torch.int64),
-            metadata=metadata,
-            sample_rows=sample_rows,
-            sample_token_index=self._tensor(sample_index, torch.int64),
-        )
+        return StepInputs(self._tensor(inputs.input_ids, torch.int64), self._tensor(inputs.positions, torch.int64),
+                          metadata, self._tensor(inputs.sample_index, torch.int64))
 
-    def _tensor(self, data, dtype: torch.dtype) -> torch.Tensor:
-        # Built on the host and copied once; pinned, non-blocking copies come with the GPU path.
+    def _tensor(self, data: list[int], dtype: torch.dtype) -> torch.Tensor:
+        # From pageable host memory: the copy is staged by the driver and returns once the source
+        # is read. Eager steps are prompt chunks, where this is small next to the compute; decode
+        # steps replay graphs, which stage everything in one packed copy (cuda_graphs.py).
         return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
 
+    # ---- sampling and verification ----
 
-def slot_range(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
-    """Cache slots of token positions [start, end) of a sequence with this block table."""
-    if end - start <= 8:  # decode: a few tokens, plain Python is cheaper than numpy
-        return [block_ids[t // block_size] * block_size + t % block_size for t in range(start, end)]
-    positions = np.arange(start, end)
-    return (np.asarray(block_ids)[positions // block_size] * block_size + positions % block_size).tolist()
+    def _sample(self, step: SchedulerOutput, logits: torch.Tensor) -> list[SampledTokens]:
+        """One sampling row per sampled position; a request with drafts gets 1 + k rows, row i
+        seeing the drafts before it as history (penalties), then the acceptance rule of
+        ingot/speculative/verify.py picks the tokens it emits."""
+        sampling = [s for s in step.scheduled if s.samples]
+        rows = [SamplingRow(s.request.params, s.request.prompt_token_ids,
+                            s.request.output_token_ids + s.draft_tokens[:i] if i else s.request.output_token_ids,
+                            s.request.generator)
+                for s in sampling for i in range(s.num_sampled)]
+        if not rows:
+            return []
+        result = self.sampler(logits, rows)
+        out, first = [], 0
+        for s in sampling:
+            targets = result.token_ids[first:first + s.num_sampled]
+            accepted = num_accepted(s.draft_tokens, targets)
+            logprobs = None
+            if s.request.params.logprobs is not None:
+                logprobs = [_logprob_entry(targets[i], result, first + i) for i in range(accepted + 1)]
+            out.append(SampledTokens(s.request, targets[: accepted + 1], logprobs, len(s.draft_tokens) - accepted))
+            first += s.num_sampled
+        return out
 
 
-def block_table_array(requests: list[Request], width: int, rows: int | None = None) -> np.ndarray:
-    """(rows, width) int32 block tables padded with the null block 0 (rows >= len(requests))."""
-    table = np.zeros((rows or len(requests), width), dtype=np.int32)
-    for i, request in enumerate(requests):
-        table[i, : len(request.block_ids)] = request.block_ids
-    return table
+def _reads_history(params: SamplingParams) -> bool:
+    """Penalties read the previous tokens, so such a row cannot be sampled before they are known."""
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+def _logprob_entry(token: int, result, row: int) -> dict[int, float]:
+    entry = {token: result.logprobs[row]}
+    if result.top_logprobs is not None:
+        for alt, logprob in result.top_logprobs[row]:
+            entry.setdefault(alt, logprob)
+    return entry

@@ -30,8 +30,11 @@ class Request:
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
-    block_keys: list[int] = field(default_factory=list)  # prefix-cache keys of the full blocks of token_ids
+    block_keys: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks of token_ids
     num_registered_blocks: int = 0  # leading blocks already published to the prefix cache
+    # Speculative tokens a proposer suggests after token_ids, verified in the next step (the
+    # scheduler takes them); never part of token_ids until accepted.
+    draft_tokens: list[int] = field(default_factory=list)
     share_prompt_with: "Request | None" = None  # n > 1: wait for this sample's prompt, then reuse its blocks
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort"
@@ -51,13 +54,9 @@ class Request:
         self.token_ids.append(token)
         self._output_ids.append(token)
 
-    def resolve_placeholder(self, token: int) -> None:
-        """The last token was a placeholder for a step in flight (see runtime/overlap.py)."""
-        self.token_ids[-1] = token
-        self._output_ids[-1] = token
-
     def drop_placeholder(self) -> None:
-        """An aborted request's step in flight will never be read back."""
+        """Take off the placeholder of a step in flight (see runtime/overlap.py): it was read back,
+        or the request was aborted and it never will be."""
         if self._output_ids and self._output_ids[-1] < 0:
             self.token_ids.pop()
             self._output_ids.pop()

@@ -1,43 +1,26 @@
 """The scheduler hands out tokens per request; there is no prefill phase and no decode phase.
 
 Each step every admitted request is owed `num_tokens - num_computed_tokens` tokens: the rest of
-its prompt (a chunk of it, when the step's token budget is short) or one decode token. Two
-small policies compose:
+its prompt (a chunk of it, when the step's token budget is short), one decode token, or one
+token plus the draft tokens a proposer put on the request, to be verified. Two small policies
+compose (ingot/runtime/policies.py): the batch policy (a token budget per step) and the capacity
+policy (who may hold KV blocks, who is preempted).
 
-  batch policy     at most max_batch_size sequences and max_num_tokens tokens per step; running
-                   requests are served first, oldest first, so a long prompt (chunked) never
-                   stalls running decodes.
-  capacity policy  who may hold KV blocks:
-      guaranteed_no_evict  admit a request only if blocks for its whole possible length
-                           (prompt + max_tokens) are guaranteed; nothing is ever preempted.
-      max_utilization      admit greedily; when blocks run out, preempt the most recently
-                           admitted request (its KV is dropped and recomputed later).
+A scheduled request's num_computed_tokens is advanced at once: the next step may be scheduled
+while this one is still on the GPU (ingot/runtime/overlap.py). When drafts are rejected, the
+engine rewinds them (KVCacheManager.rewind).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ingot.config import SchedulerConfig
-from ingot.runtime.kv_cache import blocks_needed
 from ingot.runtime.kv_manager import KVCacheManager
+from ingot.runtime.policies import CAPACITY_POLICIES, TokenBudget
+from ingot.runtime.records import ScheduledRequest, SchedulerOutput
 from ingot.runtime.request import Request, RequestStatus
-
-
-@dataclass
-class ScheduledBatch:
-    requests: list[Request] = field(default_factory=list)
-    num_new_tokens: list[int] = field(default_factory=list)  # tokens computed for each request this step
-    preempted: list[Request] = field(default_factory=list)
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
-    def add(self, request: Request, num: int) -> None:
-        self.requests.append(request)
-        self.num_new_tokens.append(num)
 
 
 @dataclass
@@ -52,6 +35,7 @@ class Scheduler:
         self.kv = kv
         self.config = config
         self.max_seq_len = max_seq_len
+        self.capacity = CAPACITY_POLICIES[config.capacity_policy](kv, max_seq_len)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.counters = SchedulerCounters()
@@ -62,71 +46,80 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> ScheduledBatch:
-        batch = ScheduledBatch()
-        budget = self.config.max_num_tokens
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = TokenBudget(self.config.max_num_tokens, self.config.max_batch_size)
         for request in list(self.running):
-            if budget == 0:
+            if budget.exhausted:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num = min(request.num_tokens - request.num_computed_tokens, budget)
-            if self._allocate_or_preempt(request, num, batch):
-                batch.add(request, num)
-                budget -= num
-        if not batch.preempted:  # memory is short: admitting now would only preempt again
-            self._admit_waiting(batch, budget)
-        return batch
+            owed = request.num_tokens - request.num_computed_tokens
+            num = budget.grant(owed)
+            drafts = self._drafts_to_verify(request, owed, budget.tokens_left - num)
+            if self._allocate_or_preempt(request, num + len(drafts), out):
+                out.scheduled.append(self._schedule(request, num, drafts))
+                budget.take(num + len(drafts))
+        if not out.preempted:  # memory is short: admitting now would only preempt again
+            self._admit_waiting(out, budget)
+        return out
+
+    def _schedule(self, request: Request, num: int, drafts: list[int]) -> ScheduledRequest:
+        scheduled = ScheduledRequest(request, request.num_computed_tokens, num + len(drafts), drafts)
+        request.num_computed_tokens += scheduled.num_tokens
+        return scheduled
+
+    def _drafts_to_verify(self, request: Request, owed: int, spare_tokens: int) -> list[int]:
+        """The request's proposed draft tokens that fit: only when decoding (one token owed), no
+        more than the request may still emit minus the one token verification always adds, and
+        within the step's token budget."""
+        drafts, request.draft_tokens = request.draft_tokens, []
+        if owed != 1 or not drafts:
+            return []
+        room = min(request.params.max_tokens - request.num_output_tokens, self.max_seq_len - request.num_tokens) - 1
+        return drafts[: max(min(room, spare_tokens), 0)]
 
     # ---- admission ----
 
-    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+    def _admit_waiting(self, out: SchedulerOutput, budget: TokenBudget) -> None:
         for request in list(self.waiting):
-            if budget == 0 or len(self.running) >= self.config.max_batch_size:
+            if not budget.has_room_for_another(len(self.running)):
                 return
             if self._waits_for_shared_prompt(request):
                 continue  # an n > 1 sample: admitted once its sibling's prompt blocks are cached
             cached = self.kv.find_cached_prefix(request) if request.num_computed_tokens == 0 else []
-            num = min(request.num_tokens - request.num_computed_tokens - len(cached) * self.kv.tokens_per_block,
-                      budget)
-            if not self._capacity_allows(request, num, cached) or not self.kv.allocate(request, num, cached):
+            owed = request.num_tokens - request.num_computed_tokens - len(cached) * self.kv.tokens_per_block
+            num = budget.grant(owed)
+            if not self.capacity.admits(request, cached, self.running) or not self.kv.allocate(request, num, cached):
                 return  # first come, first served: later requests do not overtake
             self.counters.prefix_queries += request.num_tokens
             self.counters.prefix_hits += len(cached) * self.kv.tokens_per_block
             self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
+            request.draft_tokens = []  # drafts are verified only once the prompt is computed
             self.running.append(request)
-            batch.add(request, num)
-            budget -= num
+            out.scheduled.append(self._schedule(request, num, []))
+            budget.take(num)
 
     def _waits_for_shared_prompt(self, request: Request) -> bool:
+        """Until the sibling's reusable prompt blocks are published (after its prompt step is applied)."""
         sibling = request.share_prompt_with
         if sibling is None or not self.kv.enable_prefix_caching or sibling.is_finished:
             return False
-        return sibling.num_computed_tokens < sibling.num_prompt_tokens
-
-    def _capacity_allows(self, request: Request, num: int, cached: list[int]) -> bool:
-        if self.config.capacity_policy != "guaranteed_no_evict":
-            return True
-        promised = sum(self._max_blocks(r) - len(r.block_ids) for r in self.running)
-        wanted = self._max_blocks(request) - len(request.block_ids) - len(cached)
-        return wanted <= self.kv.free_after_adopting(cached) - promised
-
-    def _max_blocks(self, request: Request) -> int:
-        longest = min(request.num_prompt_tokens + request.params.max_tokens, self.max_seq_len)
-        return blocks_needed(longest, self.kv.tokens_per_block)
+        reusable = (sibling.num_prompt_tokens - 1) // self.kv.tokens_per_block
+        return sibling.num_registered_blocks < reusable
 
     # ---- running requests ----
 
-    def _allocate_or_preempt(self, request: Request, num: int, batch: ScheduledBatch) -> bool:
+    def _allocate_or_preempt(self, request: Request, num: int, out: SchedulerOutput) -> bool:
         while not self.kv.allocate(request, num):
-            victim = self.running[-1]
-            self._preempt(victim, batch)
+            victim = self.capacity.victim(self.running)
+            self._preempt(victim, out)
             if victim is request:
                 return False
         return True
 
-    def _preempt(self, request: Request, batch: ScheduledBatch) -> None:
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         """Drop the request's KV; it goes to the front of the queue and is recomputed later
         (its full blocks stay in the prefix cache, so recomputation often hits them)."""
         self.running.remove(request)
@@ -134,8 +127,9 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
+        request.draft_tokens = []
         self.waiting.appendleft(request)
-        batch.preempted.append(request)
+        out.preempted.append(request)
         self.counters.preempted_total += 1
 
     def finish(self, request: Request) -> None:

@@ -20,6 +20,8 @@ class EngineStats:
     generation_tokens_total: int = 0
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # of which found
+    draft_tokens_total: int = 0  # speculative draft tokens verified
+    accepted_draft_tokens_total: int = 0  # of which accepted
 
     @property
     def kv_blocks_free(self) -> int:
@@ -33,6 +35,10 @@ class EngineStats:
     def prefix_cache_hit_rate(self) -> float:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
+    @property
+    def draft_acceptance_rate(self) -> float:
+        return self.accepted_draft_tokens_total / self.draft_tokens_total if self.draft_tokens_total else 0.0
+
     def to_dict(self) -> dict:
         return {**asdict(self), "kv_blocks_free": self.kv_blocks_free, "kv_usage": self.kv_usage,
-                "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
+                "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "draft_acceptance_rate": self.draft_acceptance_rate}

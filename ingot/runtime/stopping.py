@@ -52,7 +52,8 @@ def _check_token_stops(request: Request, token: int, max_seq_len: int) -> None:
         request.finish_reason = "length"
 
 
-def output_of(request: Request, delta_text: str) -> RequestOutput:
+def output_of(request: Request, delta_text: str, delta_token_ids: list[int] | None = None) -> RequestOutput:
+    """The request's output now; delta_token_ids: the tokens new since its last output (default: the last one)."""
     completion = CompletionOutput(
         index=request.sample_index,
         text=request.output_text,
@@ -61,7 +62,7 @@ def output_of(request: Request, delta_text: str) -> RequestOutput:
         stop_reason=request.stop_reason,
         logprobs=request.logprobs if request.params.logprobs is not None else None,
         delta_text=delta_text,
-        delta_token_ids=request.token_ids[-1:],
+        delta_token_ids=request.token_ids[-1:] if delta_token_ids is None else list(delta_token_ids),
     )
     return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, [completion],
                          finished=request.finish_reason is not None)

@@ -62,13 +62,13 @@ def test_scheduler_grows_block_tables_across_boundaries_and_frees_them():
     a, b = _request("a", 7), _request("b", 4)
     scheduler.add(a), scheduler.add(b)
     batch = scheduler.schedule()
-    assert batch.num_new_tokens == [7, 4] and len(a.block_ids) == 2 and len(b.block_ids) == 1
+    assert _counts(batch) == [7, 4] and len(a.block_ids) == 2 and len(b.block_ids) == 1
+    assert [s.start for s in batch.scheduled] == [0, 0] and a.num_computed_tokens == 7, "advanced when scheduled"
     for step in range(6):  # decode: one token each, crossing block boundaries
-        for request, num in zip(batch.requests, batch.num_new_tokens):
-            request.num_computed_tokens += num
+        for request in batch.requests:
             request.append_token(0)
         batch = scheduler.schedule()
-        assert batch.num_new_tokens == [1, 1]
+        assert _counts(batch) == [1, 1]
     assert len(a.block_ids) == blocks_needed(a.num_computed_tokens + 1, 4)
     assert len(b.block_ids) == blocks_needed(b.num_computed_tokens + 1, 4)
     assert not set(a.block_ids) & set(b.block_ids)
@@ -85,9 +85,7 @@ def test_chunked_prefill_respects_the_token_budget():
     while long.num_computed_tokens < long.num_tokens:
         batch = scheduler.schedule()
         assert batch.total_tokens <= 10
-        for request, num in zip(batch.requests, batch.num_new_tokens):
-            request.num_computed_tokens += num
-        chunks.append(batch.num_new_tokens[0])
+        chunks.append(_counts(batch)[0])
     assert chunks == [10, 10, 5]
     assert short.num_computed_tokens == 3, "the short prompt joined in the last chunk's spare budget"
 
@@ -98,9 +96,44 @@ def test_preemption_frees_blocks_and_requeues_the_newest():
     a, b = _request("a", 8), _request("b", 8)
     scheduler.add(a), scheduler.add(b)
     batch = scheduler.schedule()
-    for request, num in zip(batch.requests, batch.num_new_tokens):
-        request.num_computed_tokens += num
+    for request in batch.requests:
         request.append_token(0)
     batch = scheduler.schedule()  # a needs a third block: none free, so b is preempted
     assert batch.requests == [a] and batch.preempted == [b]
     assert b.block_ids == [] and b.num_computed_tokens == 0 and scheduler.waiting[0] is b
+
+
+def _counts(batch) -> list[int]:
+    return [s.num_tokens for s in batch.scheduled]
+
+
+# Python's hash() maps -1 and -2 to the same value, and ints equal modulo 2**61 - 1 alike, so
+# tuples of them hash alike: the old `hash((parent, tokens))` keys would collide.
+HASH_TWINS = [([7, 8, -1, 9], [7, 8, -2, 9]), ([1, 2, 3, 4], [1, 2 + (2**61 - 1), 3, 4])]
+
+
+@pytest.mark.parametrize("first, second", HASH_TWINS)
+def test_sha256_block_keys_separate_what_python_hash_confuses(first, second):
+    from ingot.runtime.kv_cache import chain_keys
+
+    assert hash((None, tuple(first))) == hash((None, tuple(second))), "the precondition: Python's hash collides"
+    (key_a,), (key_b,) = chain_keys(first, 4, []), chain_keys(second, 4, [])
+    assert key_a != key_b and len(key_a) == 32
+    pool = BlockPool(8)
+    kv = KVCacheManager(pool, tokens_per_block=4, enable_prefix_caching=True)
+    owner = Request("a", first + [0], SamplingParams(max_tokens=1))
+    assert kv.allocate(owner, 5)
+    owner.num_computed_tokens = 5
+    kv.publish_accepted(owner)
+    assert kv.find_cached_prefix(Request("c", first + [0], SamplingParams())) == [owner.block_ids[0]]
+    assert kv.find_cached_prefix(Request("b", second + [0], SamplingParams())) == [], "no hit for other tokens"
+
+
+def test_block_keys_chain_the_parent_and_take_extra_keys():
+    from ingot.runtime.kv_cache import chain_keys, root_key
+
+    tokens = list(range(8))
+    keys = chain_keys(tokens, 4, [])
+    assert chain_keys(tokens[4:], 4, []) != keys[1:], "a block's key depends on everything before it"
+    assert chain_keys(tokens, 4, [], root=root_key("adapter-7")) != keys, "an extra key (adapter id) separates caches"
+    assert chain_keys(tokens, 4, [], root=root_key("adapter-7")) == chain_keys(tokens, 4, [], root=root_key("adapter-7"))

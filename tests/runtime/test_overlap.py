@@ -12,7 +12,7 @@ def _run(engine: LLMEngine, prompts, params) -> tuple[list, int]:
     overlapped = 0
     while engine.has_unfinished_requests():
         engine.step()
-        overlapped += engine._pending is not None
+        overlapped += engine.runner.in_flight is not None
     return requests, overlapped
 
 
@@ -47,7 +47,7 @@ def test_stops_inside_the_overlap_drop_the_extra_token(tiny_engine):
 def test_abort_while_a_step_is_in_flight(tiny_engine):
     engine = LLMEngine(tiny_engine, device="cpu", async_output=True)
     request = engine.add_request("abort me", SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True))
-    while engine._pending is None:
+    while engine.runner.in_flight is None:
         engine.step()
     engine.abort_request(request.request_id)
     assert -1 not in request.output_token_ids, "the in-flight placeholder is dropped"

@@ -1,0 +1,58 @@
+"""A SchedulerOutput turned into the flat host lists a forward pass needs (no tensors yet).
+
+The batch is packed and unpadded: request i's new tokens are rows [query_start[i], query_start[i+1]).
+A request's inputs are its known tokens at positions [start, end) followed by its draft tokens.
+Rows whose logits are needed (`sample_index`) are, per sampling request, its last 1 + len(drafts)
+rows: the targets of each draft and of the token after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingot.runtime.records import SchedulerOutput
+
+
+@dataclass
+class HostInputs:
+    input_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # cache slot of each new token
+    query_start: list[int] = field(default_factory=lambda: [0])
+    seq_lens: list[int] = field(default_factory=list)  # context length after the step, per request
+    sample_index: list[int] = field(default_factory=list)  # rows whose logits are sampled, in request order
+
+
+def host_inputs(step: SchedulerOutput, tokens_per_block: int) -> HostInputs:
+    inputs = HostInputs()
+    for s in step.scheduled:
+        request = s.request
+        known_end = s.end - len(s.draft_tokens)
+        inputs.input_ids.extend(request.token_ids[s.start:known_end])
+        inputs.input_ids.extend(s.draft_tokens)
+        inputs.positions.extend(range(s.start, s.end))
+        inputs.slots.extend(slot_range(request.block_ids, s.start, s.end, tokens_per_block))
+        inputs.query_start.append(inputs.query_start[-1] + s.num_tokens)
+        inputs.seq_lens.append(s.end)
+        last = inputs.query_start[-1]
+        inputs.sample_index.extend(range(last - s.num_sampled, last))
+    return inputs
+
+
+def slot_range(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """Cache slots of token positions [start, end) of a sequence with this block table."""
+    if end - start <= 8:  # decode and verify: a few tokens, plain Python is cheaper than numpy
+        return [block_ids[t // block_size] * block_size + t % block_size for t in range(start, end)]
+    positions = np.arange(start, end)
+    return (np.asarray(block_ids)[positions // block_size] * block_size + positions % block_size).tolist()
+
+
+def block_table_array(step: SchedulerOutput, width: int, rows: int | None = None, pad_block: int = 0) -> np.ndarray:
+    """(rows, width) int32 block tables; entries past a table's end and rows past the step's
+    requests hold pad_block (rows >= number of requests)."""
+    table = np.full((rows or len(step.scheduled), width), pad_block, dtype=np.int32)
+    for i, s in enumerate(step.scheduled):
+        table[i, : len(s.request.block_ids)] = s.request.block_ids
+    return table

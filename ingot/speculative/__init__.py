@@ -1,0 +1,1 @@
+"""Speculative decoding: proposers suggest draft tokens, the runner verifies them (verify.py)."""
