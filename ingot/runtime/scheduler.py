@@ -73,8 +73,10 @@ class Scheduler:
         """The request's proposed draft tokens that fit: only when decoding (one token owed), no
         more than the request may still emit minus the one token verification always adds, and
         within the step's token budget."""
+        if not request.draft_tokens:
+            return []
         drafts, request.draft_tokens = request.draft_tokens, []
-        if owed != 1 or not drafts:
+        if owed != 1:
             return []
         room = min(request.params.max_tokens - request.num_output_tokens, self.max_seq_len - request.num_tokens) - 1
         return drafts[: max(min(room, spare_tokens), 0)]
