@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import floors
+from benchlib import cuda_seconds
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "llama-3.1-8b.json"
@@ -34,16 +35,7 @@ def ceilings(copy_gib: int = 4, repeats: int = 10) -> dict:
     """Device-to-device copy of copy_gib GiB (read + written bytes / time) and the bf16 8192^3 matmul
     rate on random data, each the best of `repeats` after warm-up, timed by CUDA events."""
     def best_seconds(fn) -> float:
-        fn(), fn()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return min(times)
+        return min(cuda_seconds(fn, repeats, warmup=2))
 
     src = torch.randn(copy_gib << 29, dtype=torch.bfloat16, device="cuda")  # copy_gib GiB of bf16
     dst = torch.empty_like(src)

@@ -29,8 +29,8 @@ def write_record(path: Path, record: dict) -> None:
     print(json.dumps(record, indent=2, default=str))
 
 
-def median_cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> float:
-    """Median seconds per call of fn, timed by CUDA events, after warm-up calls."""
+def cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> list[float]:
+    """Seconds of each of `iters` calls of fn, timed by CUDA events, after warm-up calls."""
     import torch
 
     for _ in range(warmup):
@@ -44,4 +44,10 @@ def median_cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
+    return times
+
+
+def median_cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> float:
+    """Median seconds per call of fn, timed by CUDA events, after warm-up calls."""
+    times = sorted(cuda_seconds(fn, iters, warmup))
+    return times[len(times) // 2]

@@ -7,6 +7,7 @@ looks like an engine.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 import uuid
@@ -66,7 +67,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
         for name, content in (checkpoint.tokenizer_files.items() if checkpoint else ()):
             (staging / name).write_bytes(content)
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp)
-        spec = _replace(spec, tactics=tactics, tactic_timings=tactic_timings,
+        spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings,
                         build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine
         _move_into_place(staging, output_dir)
@@ -103,12 +104,6 @@ def _meta_backend():
     from ingot.attention import get_backend
 
     return get_backend("torch")
-
-
-def _replace(spec: EngineSpec, **changes) -> EngineSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, **changes)
 
 
 def model_config_of(hf_config: dict, source: str) -> ModelConfig:

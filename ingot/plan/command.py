@@ -1,11 +1,14 @@
 """The `ingot build` line for a plan, made only of flags the real `ingot build` parser has.
 
-A plan can ask for more than ingot builds today: quantized weights, an FP8 KV cache, TP/PP/EP
+A model whose architecture `ingot build` does not build (its model registry, ingot.models)
+gets no command, whatever the layout: a note names the architectures it builds. For the rest,
+a plan can ask for more than ingot builds today: quantized weights, an FP8 KV cache, TP/PP/EP
 over several GPUs. Every flag and its value are checked against the parser `ingot build`
 itself uses (ingot.commands.build.make_build_parser), so every printed command parses. What
 the parser lacks is left out and a note says what the command builds instead, as
 precisions.execution_on notes what a GPU lacks; a layout of several GPUs the parser cannot
-express gets no command at all. When a flag lands in that parser, the planner prints it.
+express gets no command at all. When an architecture lands in the registry or a flag in that
+parser, the planner prints it.
 
     ingot build MODEL -o engines/NAME --dtype D [--quant Q] [--kv-cache-dtype K]
                 [--tp T --pp P [--ep E]] --max-batch-size B --max-input-len I ...
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from ingot.commands.build import make_build_parser
 from ingot.config import BuildConfig
+from ingot.models import supported_architectures
 from ingot.plan.gpus import GPU
 from ingot.plan.memory import Envelope, Layout, kv_dtype_bytes, memory_per_gpu, total_weight_bytes
 from ingot.plan.precisions import PRECISIONS, Precision
@@ -31,13 +35,18 @@ CHECKPOINT_PLACEHOLDER = "CHECKPOINT_DIR"
 
 @dataclass(frozen=True)
 class BuildCommand:
-    command: str | None  # None: `ingot build` cannot build this layout yet; the notes say why
+    command: str | None  # None: `ingot build` cannot build this model or layout yet; the notes say why
     notes: tuple[str, ...]  # what to do before running it, and where it builds less than the plan
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser that bounds every printed command; the one place tests swap in a future one."""
     return make_build_parser()
+
+
+def buildable_architectures() -> set[str]:
+    """The architectures `ingot build` builds, from its model registry; tests swap in more here."""
+    return set(supported_architectures())
 
 
 class BuildFlags:
@@ -61,7 +70,11 @@ class BuildFlags:
 
 def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout: Layout, env: Envelope,
                   gpu: GPU) -> BuildCommand:
-    """The command for `layout`, or none and a note when `ingot build` cannot express it."""
+    """The command for `layout`, or none and a note when `ingot build` cannot build the model or
+    express the layout. The architecture comes first: no flag matters for a model it cannot build."""
+    unbuildable = _architecture_note(shape.architecture)
+    if unbuildable:
+        return BuildCommand(None, (unbuildable,))
     flags = BuildFlags(build_parser())
     quant = flags.option("--quant", precision.quant) if precision.quant else []
     parallel, lacking = _parallel_words(flags, layout)
@@ -105,6 +118,15 @@ def _fallback_notes(shape: ModelShape, precision: Precision, built: Precision, k
     if notes:
         notes.append(_fit_note(shape, built, built_kv, layout, env, gpu))
     return notes
+
+
+def _architecture_note(architecture: str) -> str | None:
+    """Why there is no command when `ingot build` has no model for `architecture`, else None."""
+    buildable = buildable_architectures()
+    if architecture in buildable:
+        return None
+    return (f"`ingot build` does not build {architecture} yet (it builds {', '.join(sorted(buildable))}), "
+            "so there is no command to print")
 
 
 def _parallel_words(flags: BuildFlags, layout: Layout) -> tuple[list[str], list[str]]:

@@ -73,7 +73,7 @@ def _recommendation(plan: dict[str, Any]) -> list[str]:
 
 def _build(rec: dict[str, Any]) -> list[str]:
     """The command, or why there is none; then what to do first and where it builds less."""
-    command = rec["build_command"] or f"none: `ingot build` cannot build {rec['layout']['layout']} yet"
+    command = rec["build_command"] or "none: `ingot build` cannot build this plan yet (the note says why)"
     return ["", "build", f"  {command}"] + [f"  note: {n}" for n in rec["build_notes"]]
 
 

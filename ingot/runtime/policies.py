@@ -25,6 +25,9 @@ from ingot.runtime.request import Request
 class CapacityPolicy(ABC):
     name: str = "base"
 
+    def __init__(self, kv: KVCacheManager, max_seq_len: int) -> None:
+        self.kv, self.max_seq_len = kv, max_seq_len
+
     @abstractmethod
     def admits(self, request: Request, cached: list[int], running: list[Request]) -> bool:
         """May `request` start now, adopting the `cached` prefix blocks?"""
@@ -37,18 +40,12 @@ class CapacityPolicy(ABC):
 class MaxUtilization(CapacityPolicy):
     name = "max_utilization"
 
-    def __init__(self, kv: KVCacheManager, max_seq_len: int) -> None:
-        pass
-
     def admits(self, request: Request, cached: list[int], running: list[Request]) -> bool:
         return True
 
 
 class GuaranteedNoEvict(CapacityPolicy):
     name = "guaranteed_no_evict"
-
-    def __init__(self, kv: KVCacheManager, max_seq_len: int) -> None:
-        self.kv, self.max_seq_len = kv, max_seq_len
 
     def admits(self, request: Request, cached: list[int], running: list[Request]) -> bool:
         promised = sum(self._max_blocks(r) - len(r.block_ids) for r in running)

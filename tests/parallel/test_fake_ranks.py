@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ingot.attention import AttentionMetadata, get_backend
 from ingot.builder.build import build_engine
@@ -154,3 +153,15 @@ def _attention(attn, x):
         slot_mapping=torch.arange(block, block + num_tokens), query_start_loc_cpu=[0, num_tokens],
         seq_lens_cpu=[num_tokens], max_query_len=num_tokens, max_seq_len=num_tokens)
     return attn(torch.arange(num_tokens), x, cache, meta)
+
+
+def test_inspect_shows_the_mapping_and_every_rank_file(checkpoint, tmp_path_factory, capsys):
+    from ingot.cli import main
+
+    engine_dir = _build(checkpoint, tmp_path_factory, "tp2-pp2-inspect", tp=2, pp=2)
+    assert main(["inspect", str(engine_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "parallel       tp 2, pp 2, ep 1: 4 rank(s)" in out
+    assert "  rank 3       tp rank 1, stage 1, layers [2, 3)" in out
+    assert all(f"rank{r}.safetensors" in out for r in range(4))
+    assert "quantization none: every weight in the model dtype; KV cache auto" in out and "12 tensors" in out

@@ -1,5 +1,6 @@
 """Every `ingot build` command the planner prints parses with the real `ingot build` parser,
-and what that parser lacks becomes a note, not a flag (ingot/plan/command.py)."""
+and what that parser lacks becomes a note, not a flag; a model whose architecture `ingot build`
+does not build gets a note and no command (ingot/plan/command.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shlex
 import pytest
 
 from ingot.commands.build import make_build_parser
+from ingot.models import supported_architectures
 from ingot.plan import command
 from ingot.plan.gpus import GPUS
 from ingot.plan.planner import make_plan
@@ -44,6 +46,13 @@ def _future_parser(quant_choices=("fp8", "int4_awq", "int4_gptq", "w8a8_sq", "nv
     for flag in ("--tp", "--pp", "--ep"):
         parser.add_argument(flag, type=int, default=1)
     return parser
+
+
+def _future_build(monkeypatch) -> None:
+    """`ingot build` with the future parser and every preset's architecture (MoE and MLA too)."""
+    monkeypatch.setattr(command, "build_parser", _future_parser)
+    monkeypatch.setattr(command, "buildable_architectures",
+                        lambda: {shape.architecture for shape in PRESETS.values()})
 
 
 @pytest.mark.parametrize("envelope", ENVELOPES)
@@ -102,8 +111,8 @@ def test_tensor_parallel_layout_prints_no_command():
 
 
 def test_a_parser_with_the_flags_gets_them(monkeypatch):
-    """The check is driven by the parser: give it --quant/--tp and the planner prints them."""
-    monkeypatch.setattr(command, "build_parser", _future_parser)
+    """The check is driven by the parser: give it --quant/--tp/--ep and the planner prints them."""
+    _future_build(monkeypatch)
     rec = make_plan("llama-3.1-70b", "h100", "fp8", kv_cache_dtype="fp8", isl=8192, osl=2048,
                     concurrency=64)["recommendation"]
     assert "--dtype bf16 --quant fp8 --kv-cache-dtype fp8 --tp 4 --pp 1" in rec["build_command"]
@@ -125,8 +134,8 @@ def test_a_flag_without_the_choice_is_not_printed(monkeypatch):
 
 @pytest.mark.parametrize("envelope", ENVELOPES)
 def test_every_command_parses_with_the_future_parser(monkeypatch, envelope):
-    """Once the flags exist, the multi-GPU commands they allow parse too."""
-    monkeypatch.setattr(command, "build_parser", _future_parser)
+    """Once the flags and the MoE/MLA models exist, the multi-GPU commands they allow parse too."""
+    _future_build(monkeypatch)
     parser = _future_parser()
     for model in PRESETS:
         for precision in PRECISIONS:
@@ -135,6 +144,39 @@ def test_every_command_parses_with_the_future_parser(monkeypatch, envelope):
             if rec["build_command"]:
                 args = _parse(rec["build_command"], parser)
                 assert (args.tp, args.pp) == (rec["layout"]["tp"], rec["layout"]["pp"])
+
+
+def test_unsupported_architecture_prints_no_command():
+    """Mixtral fits 2 x H100, but `ingot build` has no Mixtral model: a note, no command."""
+    rec = make_plan("mixtral-8x7b", "h100", "bf16", num_gpus=2)["recommendation"]
+    assert rec["layout"]["num_gpus"] == 2 and rec["build_command"] is None
+    supported = ", ".join(supported_architectures())
+    assert rec["build_notes"] == [f"`ingot build` does not build MixtralForCausalLM yet (it builds {supported}), "
+                                  "so there is no command to print"]
+    assert "LlamaForCausalLM" in supported  # the note names the registry's list, not an empty one
+
+
+def test_architecture_comes_before_the_flags(monkeypatch):
+    """Even a parser with every flag prints nothing for a model `ingot build` cannot build."""
+    monkeypatch.setattr(command, "build_parser", _future_parser)
+    rec = make_plan("qwen3-30b-a3b", "h100", "bf16", num_gpus=8)["recommendation"]
+    assert rec["build_command"] is None and len(rec["build_notes"]) == 1
+    assert "does not build Qwen3MoeForCausalLM yet" in rec["build_notes"][0]
+
+
+def test_an_architecture_in_the_registry_gets_a_command(monkeypatch):
+    """The check is driven by the registry: list Mixtral there and its command is printed again."""
+    monkeypatch.setattr(command, "buildable_architectures",
+                        lambda: set(supported_architectures()) | {"MixtralForCausalLM"})
+    one = make_plan("mixtral-8x7b", "h100", "fp8", num_gpus=1)["recommendation"]
+    assert one["build_command"].startswith("ingot build ./Mixtral-8x7B-Instruct-v0.1 -o ")
+    _parse(one["build_command"], make_build_parser())
+    two = make_plan("mixtral-8x7b", "h100", "bf16", num_gpus=2)["recommendation"]
+    assert two["build_command"] is None and "`ingot build` does not offer `--tp 2`" in two["build_notes"][0]
+
+
+def test_buildable_architectures_are_the_registry():
+    assert command.buildable_architectures() == set(supported_architectures())
 
 
 def test_build_parser_is_the_one_ingot_build_mounts():

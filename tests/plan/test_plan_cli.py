@@ -35,7 +35,7 @@ def test_table_output(capsys):
                  "--isl", "8192", "--osl", "2048", "--batch", "64"]) == 0
     out = capsys.readouterr().out
     for text in ("llama-3.1-70b", "H100 SXM 80GB", "ISL 8,192 + OSL 2,048", "TP4 PP1", "recommended",
-                 "memory/GPU", "throughput", "decode", "none: `ingot build` cannot build TP4 PP1 yet",
+                 "memory/GPU", "throughput", "decode", "none: `ingot build` cannot build this plan yet",
                  "note: TP4 PP1 needs `--tp 4 --pp 1`", "nor the plan's `--quant fp8`", "assumptions"):
         assert text in out, text
     # ingot build has no --tp or --quant yet: no command line is printed for a TP4 plan.
@@ -53,6 +53,15 @@ def test_table_output_one_gpu_command(capsys):
     assert "--quant fp8 " not in out.split("note:")[0]
 
 
+def test_table_output_unsupported_architecture(capsys):
+    assert main(["plan", "--model", "mixtral-8x7b", "--gpu", "h100", "--num-gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    for text in ("recommended  TP2 PP1", "none: `ingot build` cannot build this plan yet",
+                 "note: `ingot build` does not build MixtralForCausalLM yet (it builds LlamaForCausalLM, "):
+        assert text in out, text
+    assert "  ingot build" not in out and "--tp 2" not in out  # the architecture note, not the flags one
+
+
 def test_json_output_is_the_plan(capsys):
     plan = _json_plan(capsys, "--model", "8b", "--gpu", "h100", "--concurrency", "16", "--num-gpus", "1")
     assert plan["envelope"]["concurrency"] == 16 and plan["fits"]
@@ -68,12 +77,12 @@ def test_batch_and_concurrency_are_exclusive(capsys):
 
 
 def test_build_command_flags_parse_back(capsys):
-    plan = _json_plan(capsys, "--model", "mixtral-8x22b", "--gpu", "h200", "--precision", "int4_awq",
+    plan = _json_plan(capsys, "--model", "qwen2.5-72b", "--gpu", "h200", "--precision", "int4_awq",
                       "--kv-cache-dtype", "fp8", "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "1")
     rec = plan["recommendation"]
     words = shlex.split(rec["build_command"])
     flags = dict(zip(words[3::2], words[4::2], strict=True))  # after `ingot build MODEL`
-    assert words[:3] == ["ingot", "build", "./Mixtral-8x22B-Instruct-v0.1"]  # a local folder, not the hub id
+    assert words[:3] == ["ingot", "build", "./Qwen2.5-72B-Instruct"]  # a local folder, not the hub id
     assert "--quant" not in flags and "--kv-cache-dtype" not in flags and "--tp" not in flags
     notes = "\n".join(rec["build_notes"])
     assert "no `--quant int4_awq` yet" in notes and "no `--kv-cache-dtype fp8` yet" in notes
@@ -81,7 +90,7 @@ def test_build_command_flags_parse_back(capsys):
                         max_input_len=int(flags["--max-input-len"]), max_seq_len=int(flags["--max-seq-len"]),
                         max_num_tokens=int(flags["--max-num-tokens"]))
     assert (build.max_batch_size, build.max_input_len, build.max_seq_len) == (32, 4096, 5120)
-    two = _json_plan(capsys, "--model", "mixtral-8x22b", "--gpu", "h200", "--precision", "int4_awq",
+    two = _json_plan(capsys, "--model", "qwen2.5-72b", "--gpu", "h200", "--precision", "int4_awq",
                      "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")["recommendation"]
     assert two["layout"]["num_gpus"] == 2 and two["build_command"] is None
     assert "`ingot build` does not offer" in two["build_notes"][0]
@@ -104,6 +113,9 @@ def test_model_from_checkpoint_dir_with_moe_config(tmp_path, capsys):
     assert plan["model"]["moe"] and plan["model"]["experts"] == 8
     assert plan["model"]["params_b"] == pytest.approx(46.7, rel=0.01)
     assert any(r["ep"] == 2 for r in plan["layouts"])
+    # The architecture comes from the config.json, and `ingot build` has no Mixtral model.
+    rec = plan["recommendation"]
+    assert rec["build_command"] is None and "does not build MixtralForCausalLM yet" in rec["build_notes"][0]
 
 
 def test_model_from_engine_dir(tmp_path, capsys):

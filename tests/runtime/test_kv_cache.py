@@ -137,3 +137,11 @@ def test_block_keys_chain_the_parent_and_take_extra_keys():
     assert chain_keys(tokens[4:], 4, []) != keys[1:], "a block's key depends on everything before it"
     assert chain_keys(tokens, 4, [], root=root_key("adapter-7")) != keys, "an extra key (adapter id) separates caches"
     assert chain_keys(tokens, 4, [], root=root_key("adapter-7")) == chain_keys(tokens, 4, [], root=root_key("adapter-7"))
+
+
+def test_every_capacity_policy_name_the_config_accepts_is_a_policy_class():
+    from ingot import config
+    from ingot.runtime import policies
+
+    assert set(config.CAPACITY_POLICIES) == set(policies.CAPACITY_POLICIES)
+    assert all(issubclass(cls, policies.CapacityPolicy) for cls in policies.CAPACITY_POLICIES.values())
