@@ -88,7 +88,8 @@ def _is_token_list(value) -> bool:
 def _merge(outputs: list[RequestOutput]) -> RequestOutput:
     first = outputs[0]
     completions = [o.outputs[0] for o in outputs]
-    return RequestOutput(first.request_id, first.prompt, first.prompt_token_ids, completions, finished=True)
+    return RequestOutput(first.request_id, first.prompt, first.prompt_token_ids, completions, finished=True,
+                         prompt_logprobs=first.prompt_logprobs)
 
 
 def ensure_engine(model: str, build: BuildConfig, device: str | None) -> Path:

@@ -13,11 +13,14 @@ from ingot.errors import RequestError
 # Below this temperature sampling is treated as greedy (argmax): dividing logits by ~0
 # overflows, and the distribution is a point mass anyway.
 GREEDY_TEMPERATURE = 1e-5
+# Most alternatives a request may ask for per position (as vLLM's default max_logprobs): each costs
+# a top-k over the vocabulary and host memory for every scored position.
+MAX_LOGPROBS = 20
 
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0: only compute (and score) the prompt
     temperature: float = 1.0
     top_k: int = 0  # 0 or -1: no top-k filtering
     top_p: float = 1.0
@@ -33,13 +36,16 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # number of top alternatives to return per token; 0 = only the chosen
+    # Score the prompt: for every prompt position after the first, the log-probability of the
+    # actual token and of this many top alternatives (None: do not score; 0: the actual token only).
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
-        self._check("max_tokens", self.max_tokens >= 1, ">= 1")
+        self._check("max_tokens", self.max_tokens >= 0, ">= 0 (0 computes the prompt only)")
         self._check("temperature", self.temperature >= 0.0, ">= 0 (0 means greedy)")
         self._check("top_k", self.top_k == -1 or self.top_k >= 0, "-1, 0 (off) or a positive count")
         self._check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]")
@@ -49,7 +55,9 @@ class SamplingParams:
         self._check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]")
         self._check("n", self.n >= 1, ">= 1")
         self._check("seed", self.seed is None or -(2**63) <= self.seed < 2**63, "a 64-bit signed integer")
-        self._check("logprobs", self.logprobs is None or self.logprobs >= 0, ">= 0")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            self._check(name, value is None or 0 <= value <= MAX_LOGPROBS, f"None or in [0, {MAX_LOGPROBS}]")
         self._check("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
 
     def _check(self, name: str, ok: bool, allowed: str) -> None:

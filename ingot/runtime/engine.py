@@ -181,14 +181,27 @@ class LLMEngine:
         return self.runner.in_flight is not None or self.scheduler.has_unfinished()
 
     def _update(self, result: RunnerOutput) -> list[RequestOutput]:
-        """Apply a step's output: accepted tokens, rewinds, stops; publish newly full blocks."""
+        """Apply a step's output: prompt scores, accepted tokens, rewinds, stops; publish newly full
+        blocks; finish requests that asked only for their prompt (max_tokens 0)."""
         self._totals["steps"] += 1
         self._totals["prompt_computed"] += sum(s.num_prompt_tokens for s in result.step.scheduled)
+        for scores in result.prompt_scores:
+            scores.request.prompt_logprobs[scores.first:scores.first + len(scores.entries)] = scores.entries
         outputs = [self._accept(sampled) for sampled in result.sampled if not sampled.request.is_finished]
         for scheduled in result.step.scheduled:
-            if not scheduled.samples and not scheduled.request.is_finished:
-                self.kv.publish_accepted(scheduled.request)  # a prompt chunk's full blocks
+            request = scheduled.request
+            if scheduled.samples or request.is_finished:
+                continue
+            self.kv.publish_accepted(request)  # a prompt chunk's full blocks
+            if request.params.max_tokens == 0 and request.num_computed_tokens >= request.num_prompt_tokens:
+                outputs.append(self._finish_prompt_only(request))
         return outputs
+
+    def _finish_prompt_only(self, request: Request) -> RequestOutput:
+        request.finish_reason = "length"
+        self.scheduler.finish(request)
+        self.requests.pop(request.request_id, None)
+        return output_of(request, "", [])
 
     def _accept(self, sampled: SampledTokens) -> RequestOutput:
         """Rewind rejected drafts, append the request's new tokens until one stops it, publish."""

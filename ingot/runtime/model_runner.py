@@ -25,8 +25,9 @@ from ingot.layers.sampler import Sampler, SamplingRow
 from ingot.runtime.cuda_graphs import StepGraphs
 from ingot.runtime.kv_cache import KVCachePool
 from ingot.runtime.overlap import PendingStep
-from ingot.runtime.records import RunnerOutput, SampledTokens, SchedulerOutput
-from ingot.runtime.step_inputs import block_table_array, host_inputs
+from ingot.runtime.prompt_scoring import score_rows
+from ingot.runtime.records import PromptScores, RunnerOutput, SampledTokens, SchedulerOutput
+from ingot.runtime.step_inputs import HostInputs, block_table_array, host_inputs
 from ingot.sampling_params import SamplingParams
 from ingot.speculative.verify import num_accepted
 
@@ -37,6 +38,7 @@ class StepInputs:
     positions: torch.Tensor  # (num_tokens,) int64, device
     metadata: AttentionMetadata
     sample_index: torch.Tensor  # (num_sampled,) int64, device: packed rows whose logits are sampled
+    host: HostInputs  # the host lists these were made from (prompt-scoring rows among them)
 
 
 class ModelRunner:
@@ -82,8 +84,8 @@ class ModelRunner:
                    and not _reads_history(s.request.params) for s in step.scheduled)
 
     def _run(self, step: SchedulerOutput) -> RunnerOutput:
-        logits, hidden = self.forward(step)
-        return RunnerOutput(step, self._sample(step, logits), hidden if self.want_hidden_states else None)
+        logits, hidden, scores = self._forward_and_score(step)
+        return RunnerOutput(step, self._sample(step, logits), scores, hidden if self.want_hidden_states else None)
 
     def _launch(self, step: SchedulerOutput, previous: PendingStep | None) -> PendingStep:
         """Forward and sample on the device without reading the tokens back."""
@@ -94,24 +96,42 @@ class ModelRunner:
 
     # ---- forward ----
 
-    @torch.inference_mode()
     def forward(self, step: SchedulerOutput, device_ids: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (num_sampled, vocab) fp32 and hidden states (num_sampled, hidden) of the step's
         sampled positions, in request order. device_ids (a decode step only): its input tokens,
         already on the device, (num_requests,)."""
+        logits, hidden, _ = self._forward_and_score(step, device_ids)
+        return logits, hidden
+
+    @torch.inference_mode()
+    def _forward_and_score(self, step: SchedulerOutput, device_ids: torch.Tensor | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, list[PromptScores]]:
+        """forward, and the scores of the prompt positions requests asked to have scored."""
         key = self._graph_key(step)
         if key is not None:
-            return self._replay(step, key, device_ids)
+            return *self._replay(step, key, device_ids), []
         inputs = self.prepare(step)
         if device_ids is not None:
             inputs.input_ids = device_ids
         hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
+        scores = self._score_prompts(inputs.host, hidden)
         hidden = hidden.index_select(0, inputs.sample_index)
-        return self.model.compute_logits(hidden), hidden
+        return self.model.compute_logits(hidden), hidden, scores
+
+    def _score_prompts(self, host: HostInputs, hidden: torch.Tensor) -> list[PromptScores]:
+        if not host.score_index:
+            return []
+        entries = score_rows(self.model, hidden, host.score_index, host.score_targets, host.score_top_k)
+        scores, first_entry = [], 0
+        for request, first_token, count in host.score_spans:
+            scores.append(PromptScores(request, first_token, entries[first_entry:first_entry + count]))
+            first_entry += count
+        return scores
 
     def _graph_key(self, step: SchedulerOutput) -> tuple[int, int] | None:
-        """A captured graph computes and samples every position: each request must sample all of its tokens."""
+        """A captured graph computes and samples every position: each request must sample all of
+        its tokens (so none has prompt positions to score)."""
         if self.graphs is None or not all(s.num_sampled == s.num_tokens for s in step.scheduled):
             return None
         return self.graphs.key_for(len(step.scheduled), step.tokens_per_request)
@@ -137,7 +157,7 @@ class ModelRunner:
             max_seq_len=max(inputs.seq_lens),
         )
         return StepInputs(self._tensor(inputs.input_ids, torch.int64), self._tensor(inputs.positions, torch.int64),
-                          metadata, self._tensor(inputs.sample_index, torch.int64))
+                          metadata, self._tensor(inputs.sample_index, torch.int64), inputs)
 
     def _tensor(self, data: list[int], dtype: torch.dtype) -> torch.Tensor:
         # From pageable host memory: the copy is staged by the driver and returns once the source
@@ -147,6 +167,7 @@ class ModelRunner:
 
     # ---- sampling and verification ----
 
+    @torch.inference_mode()
     def _sample(self, step: SchedulerOutput, logits: torch.Tensor) -> list[SampledTokens]:
         """One sampling row per sampled position; a request with drafts gets 1 + k rows, row i
         seeing the drafts before it as history (penalties), then the acceptance rule of

@@ -28,6 +28,9 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool = False
+    # SamplingParams.prompt_logprobs: per prompt token, None for the first, then {id: logprob} with
+    # the actual token first and the top alternatives; None when not asked for
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     # The common single-sample case reads as `out.text`.
     @property

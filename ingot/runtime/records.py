@@ -39,8 +39,17 @@ class ScheduledRequest:
 
     @property
     def samples(self) -> bool:
-        """The step reaches the request's newest token: the next token (and the drafts' targets) are due."""
-        return self.end == self.request.num_tokens + len(self.draft_tokens)
+        """The step reaches the request's newest token: the next token (and the drafts' targets) are
+        due, unless the request asked for none (max_tokens 0: the prompt is only computed and scored)."""
+        return self.end == self.request.num_tokens + len(self.draft_tokens) and self.request.params.max_tokens > 0
+
+    @property
+    def scored_positions(self) -> range:
+        """Positions whose logits score the next prompt token (params.prompt_logprobs): those of
+        this step followed by another prompt token."""
+        if self.request.params.prompt_logprobs is None:
+            return range(0)
+        return range(self.start, min(self.end, self.request.num_prompt_tokens - 1))
 
     @property
     def num_sampled(self) -> int:
@@ -93,9 +102,19 @@ class SampledTokens:
 
 
 @dataclass
+class PromptScores:
+    """Log-probabilities of prompt tokens [first, first + len(entries)) of one request."""
+
+    request: Request
+    first: int  # index of the first scored prompt token (>= 1: the first token has no context)
+    entries: list[dict[int, float]]  # per token: {actual id: logprob, then top alternatives}
+
+
+@dataclass
 class RunnerOutput:
     step: SchedulerOutput  # what was computed (every request of it, sampling or not)
     sampled: list[SampledTokens] = field(default_factory=list)
+    prompt_scores: list[PromptScores] = field(default_factory=list)
     # (num_sampled_positions, hidden) on the device, in `sampled` order, when the runner was asked
     # for them (want_hidden_states: for heads that draft from the target's hidden states).
     hidden_states: torch.Tensor | None = None

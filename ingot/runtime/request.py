@@ -41,6 +41,9 @@ class Request:
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     generator: torch.Generator | None = None
     logprobs: list[dict[int, float]] = field(default_factory=list)  # per output token: {id: logprob}
+    # per prompt position when params.prompt_logprobs is set: None for the first, then {id: logprob}
+    # with the actual token first and the top alternatives (filled as prompt chunks are computed)
+    prompt_logprobs: list[dict[int, float] | None] | None = None
     num_preemptions: int = 0
     detokenizer: Any = None  # IncrementalDetokenizer, when the engine has a tokenizer
     output_text: str = ""  # output text made visible so far (stop strings cut, possible stop prefixes held back)
@@ -48,6 +51,8 @@ class Request:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
         self._output_ids: list[int] = []  # the output part of token_ids, kept apart so no step slices it
 
     def append_token(self, token: int) -> None:

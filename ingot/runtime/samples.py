@@ -22,7 +22,9 @@ def make_sample_requests(engine, prompt, params: SamplingParams, request_id: str
     if params.n > 1:
         first.request_id = f"{base_id}/0"
     for index in range(1, params.n):
-        child = engine.make_request(first.prompt_token_ids, _sample_params(params, index), f"{base_id}/{index}")
+        # The prompt is scored once, by sample 0; the others reuse its blocks through the prefix cache.
+        child_params = dataclasses.replace(_sample_params(params, index), prompt_logprobs=None)
+        child = engine.make_request(first.prompt_token_ids, child_params, f"{base_id}/{index}")
         child.prompt = first.prompt
         child.sample_index = index
         child.share_prompt_with = first

@@ -89,7 +89,7 @@ class Scheduler:
                 return
             if self._waits_for_shared_prompt(request):
                 continue  # an n > 1 sample: admitted once its sibling's prompt blocks are cached
-            cached = self.kv.find_cached_prefix(request) if request.num_computed_tokens == 0 else []
+            cached = self._cached_prefix(request)
             owed = request.num_tokens - request.num_computed_tokens - len(cached) * self.kv.tokens_per_block
             num = budget.grant(owed)
             if not self.capacity.admits(request, cached, self.running) or not self.kv.allocate(request, num, cached):
@@ -102,6 +102,13 @@ class Scheduler:
             self.running.append(request)
             out.scheduled.append(self._schedule(request, num, []))
             budget.take(num)
+
+    def _cached_prefix(self, request: Request) -> list[int]:
+        """Prefix blocks to adopt. A request that scores its prompt computes all of it: a cached
+        block's KV is there, but not the logits that score its tokens."""
+        if request.num_computed_tokens or request.params.prompt_logprobs is not None:
+            return []
+        return self.kv.find_cached_prefix(request)
 
     def _waits_for_shared_prompt(self, request: Request) -> bool:
         """Until the sibling's reusable prompt blocks are published (after its prompt step is applied)."""

@@ -23,6 +23,12 @@ class HostInputs:
     query_start: list[int] = field(default_factory=lambda: [0])
     seq_lens: list[int] = field(default_factory=list)  # context length after the step, per request
     sample_index: list[int] = field(default_factory=list)  # rows whose logits are sampled, in request order
+    # Prompt scoring (params.prompt_logprobs): rows whose logits score the next prompt token, that
+    # token, the top-k asked for, and per request (request, first scored token index, count).
+    score_index: list[int] = field(default_factory=list)
+    score_targets: list[int] = field(default_factory=list)
+    score_top_k: list[int] = field(default_factory=list)
+    score_spans: list[tuple] = field(default_factory=list)
 
 
 def host_inputs(step: SchedulerOutput, tokens_per_block: int) -> HostInputs:
@@ -38,7 +44,19 @@ def host_inputs(step: SchedulerOutput, tokens_per_block: int) -> HostInputs:
         inputs.seq_lens.append(s.end)
         last = inputs.query_start[-1]
         inputs.sample_index.extend(range(last - s.num_sampled, last))
+        _add_scored_rows(inputs, s, last - s.num_tokens)
     return inputs
+
+
+def _add_scored_rows(inputs: HostInputs, s, first_row: int) -> None:
+    positions = s.scored_positions
+    if not positions:
+        return
+    request = s.request
+    inputs.score_index.extend(first_row + p - s.start for p in positions)
+    inputs.score_targets.extend(request.prompt_token_ids[positions.start + 1:positions.stop + 1])
+    inputs.score_top_k.extend([request.params.prompt_logprobs] * len(positions))
+    inputs.score_spans.append((request, positions.start + 1, len(positions)))
 
 
 def slot_range(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:

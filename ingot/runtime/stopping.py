@@ -65,4 +65,4 @@ def output_of(request: Request, delta_text: str, delta_token_ids: list[int] | No
         delta_token_ids=request.token_ids[-1:] if delta_token_ids is None else list(delta_token_ids),
     )
     return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, [completion],
-                         finished=request.finish_reason is not None)
+                         finished=request.finish_reason is not None, prompt_logprobs=request.prompt_logprobs)
