@@ -55,7 +55,7 @@ class AsyncLLM:
                 if out.finished:
                     remaining.discard(out.request_id)
                 yield RequestOutput(parent_id, parent.prompt, parent.prompt_token_ids, out.outputs,
-                                    finished=not remaining)
+                                    finished=not remaining, prompt_logprobs=parent.prompt_logprobs)
         finally:
             self._samples.pop(parent_id, None)
             if remaining:  # the consumer went away before the end
@@ -71,7 +71,7 @@ class AsyncLLM:
             for completion in out.outputs:
                 finals[completion.index] = completion
         return RequestOutput(last.request_id, last.prompt, last.prompt_token_ids,
-                             [finals[i] for i in sorted(finals)], finished=True)
+                             [finals[i] for i in sorted(finals)], finished=True, prompt_logprobs=last.prompt_logprobs)
 
     def abort(self, request_id: str) -> None:
         """Abort a request (all of its n samples) and free its KV blocks."""

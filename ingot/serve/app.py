@@ -2,6 +2,7 @@
 
     POST /v1/completions, /v1/chat/completions      generation (JSON, or SSE with stream=true)
     GET  /v1/models[/{model}]                       the one served model
+    POST /tokenize  /detokenize   GET /tokenizer_info   the served tokenizer (vLLM's routes; tokenize.py)
     GET  /health  /version  /metrics                liveness, versions, Prometheus text
     GET  /plan/...                                  the planner (ingot.plan.web), mounted
 
@@ -25,7 +26,8 @@ from ingot.serve.errors import APIError
 from ingot.serve.metrics import CONTENT_TYPE, ServerMetrics
 
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
-KNOWN_ROUTES = (*GENERATION_ROUTES, "/v1/models", "/health", "/version", "/metrics")
+TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
+KNOWN_ROUTES = (*GENERATION_ROUTES, "/v1/models", *TOKENIZER_ROUTES, "/health", "/version", "/metrics")
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Gate:
             self.state.metrics.http_requests.inc(route=route, status=str(status[0]))
 
     async def _route(self, scope, receive, send, path: str) -> None:
-        if path.startswith("/v1/") and not self._authorized(scope):
+        if (path.startswith("/v1/") or path in TOKENIZER_ROUTES) and not self._authorized(scope):
             error = APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                              code="invalid_api_key")
             return await error.response()(scope, receive, send)
@@ -100,6 +102,7 @@ def build_app(state: ServerState) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)  # logged by Starlette, answered in OpenAI's shape
     _add_openai_routes(app, state)
+    _add_tokenizer_routes(app, state)
     _add_service_routes(app, state)
     _mount_planner(app)
     app.add_middleware(Gate, state=state)
@@ -137,6 +140,22 @@ def _add_openai_routes(app: FastAPI, state: ServerState) -> None:
     async def model(model: str) -> dict:
         state.check_model(model)
         return state.model_card()
+
+
+def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
+    from ingot.serve import tokenize
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        return tokenize.tokenizer_info(state)
+
+    @app.post("/tokenize")
+    async def tokenize_text(request: Request) -> dict:
+        return tokenize.tokenize(state, await handlers.parse(tokenize.TokenizeRequest, request))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        return tokenize.detokenize(state, await handlers.parse(tokenize.DetokenizeRequest, request))
 
 
 def _add_service_routes(app: FastAPI, state: ServerState) -> None:

@@ -1,7 +1,8 @@
 """Response bodies and stream chunks of the two endpoints, in OpenAI's shapes.
 
     /v1/completions       text_completion / text_completion chunks; logprobs as
-                          {tokens, token_logprobs, top_logprobs, text_offset}
+                          {tokens, token_logprobs, top_logprobs, text_offset}; with echo, the
+                          prompt's tokens come first (the first with a null logprob)
     /v1/chat/completions  chat.completion / chat.completion.chunk; logprobs as
                           {content: [{token, logprob, bytes, top_logprobs: [...]}]}
 """
@@ -97,15 +98,36 @@ class CompletionFormat(_Format):
         super().__init__(tokenizer, model, num_logprobs, "cmpl")
         self.echo = echo
 
-    def choice(self, index: int, out: CompletionOutput, prompt_text: str) -> dict:
-        prefix = prompt_text if self.echo else ""
-        return {"index": index, "text": prefix + out.text,
-                "logprobs": self.logprobs(out.token_ids, out.logprobs, len(prefix)),
+    @property
+    def scores_prompt(self) -> bool:
+        """echo with logprobs: the prompt's tokens are listed with their log-probabilities first."""
+        return self.echo and self.num_logprobs is not None
+
+    def choice(self, index: int, out: CompletionOutput, job) -> dict:
+        prefix = (job.prompt_text or "") if self.echo else ""
+        logprobs = self.logprobs(out.token_ids, out.logprobs, len(prefix))
+        if self.scores_prompt:
+            logprobs = _concat(self.prompt_logprobs(job), logprobs)
+        return {"index": index, "text": prefix + out.text, "logprobs": logprobs,
                 "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
 
-    def opening(self, index: int, prompt_text: str) -> dict | None:
-        """Echo streams the prompt first, as its own chunk."""
-        return {"index": index, "text": prompt_text, "logprobs": None, "finish_reason": None} if self.echo else None
+    def opening(self, index: int, job) -> dict | None:
+        """Echo streams the prompt first, as its own chunk (with its scores when logprobs are asked:
+        then it waits for the engine's first output, which carries them)."""
+        if not self.echo:
+            return None
+        logprobs = self.prompt_logprobs(job) if self.scores_prompt else None
+        return {"index": index, "text": job.prompt_text or "", "logprobs": logprobs, "finish_reason": None}
+
+    def prompt_logprobs(self, job) -> dict:
+        """The prompt's tokens in the legacy completions shape: the first has no logprob (null)."""
+        scores = job.prompt_logprobs or [None] * len(job.prompt_ids)
+        tokens = [self.token_text(t) for t in job.prompt_ids]
+        return {"tokens": tokens,
+                "token_logprobs": [None if e is None else _lp(e[t]) for t, e in zip(job.prompt_ids, scores)],
+                "top_logprobs": [None if e is None else {self.token_text(a): _lp(v) for a, v in
+                                                         _top(e, self.num_logprobs)} for e in scores],
+                "text_offset": _offsets(tokens, 0)}
 
     def delta(self, index: int, text: str, token_ids: list[int], logprobs, offset: int,
               finish_reason: str | None, stop_reason) -> dict:
@@ -116,14 +138,26 @@ class CompletionFormat(_Format):
         if self.num_logprobs is None or logprobs is None:
             return None
         tokens = [self.token_text(t) for t in token_ids]
-        offsets = []
-        for token in tokens:
-            offsets.append(offset)
-            offset += len(token)
         return {"tokens": tokens, "token_logprobs": [_lp(e[t]) for t, e in zip(token_ids, logprobs)],
                 "top_logprobs": [{self.token_text(a): _lp(v) for a, v in _top(e, self.num_logprobs)}
                                  for e in logprobs],
-                "text_offset": offsets}
+                "text_offset": _offsets(tokens, offset)}
+
+
+def _offsets(tokens: list[str], start: int) -> list[int]:
+    """Character offset of each token in the choice's text."""
+    offsets = []
+    for token in tokens:
+        offsets.append(start)
+        start += len(token)
+    return offsets
+
+
+def _concat(first: dict, second: dict | None) -> dict:
+    """Two legacy logprobs objects, one after the other (the prompt's, then the generated tokens')."""
+    if second is None:
+        return first
+    return {key: first[key] + second[key] for key in first}
 
 
 class ChatFormat(_Format):
@@ -133,12 +167,14 @@ class ChatFormat(_Format):
     def __init__(self, tokenizer, model: str, num_logprobs: int | None) -> None:
         super().__init__(tokenizer, model, num_logprobs, "chatcmpl")
 
-    def choice(self, index: int, out: CompletionOutput, prompt_text: str) -> dict:
+    scores_prompt = False
+
+    def choice(self, index: int, out: CompletionOutput, job) -> dict:
         return {"index": index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": self.logprobs(out.token_ids, out.logprobs, 0),
                 "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
 
-    def opening(self, index: int, prompt_text: str) -> dict:
+    def opening(self, index: int, job) -> dict:
         """Every chat stream starts by naming the role, as OpenAI's does."""
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                 "finish_reason": None}

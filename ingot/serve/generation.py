@@ -28,6 +28,9 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     prompt_text: str | None = None
+    # Filled from the engine's outputs when params.prompt_logprobs is set: per prompt token,
+    # None for the first, then {id: logprob} (see RequestOutput.prompt_logprobs).
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -78,6 +81,8 @@ async def _one_job(llm, job: Job, base: int, request_id: str, metrics: ServerMet
     try:
         async with aclosing(llm.generate(job.prompt_ids, job.params, request_id=request_id)) as outputs:
             async for out in outputs:
+                if out.prompt_logprobs is not None:
+                    job.prompt_logprobs = out.prompt_logprobs
                 for sample in out.outputs:
                     _observe(metrics, timing, base + sample.index, sample)
                     if sample.finished:

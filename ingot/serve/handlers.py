@@ -35,7 +35,7 @@ async def completions(state, request: Request) -> Response:
     req: CompletionRequest = await parse(CompletionRequest, request)
     state.check_model(req.model)
     req.check_supported()
-    params = _params(req, req.max_tokens, req.logprobs)
+    params = _params(req, req.max_tokens, req.logprobs, req.prompt_logprobs)
     tokenizer, jobs = state.llm.tokenizer, []
     for prompt in req.prompts():
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -66,9 +66,9 @@ async def chat_completions(state, request: Request) -> Response:
     return await _respond(state, request, req, jobs, fmt, "messages", arrival)
 
 
-def _params(req, max_tokens: int, logprobs: int | None):
+def _params(req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None):
     try:
-        return req.sampling_params(max_tokens, logprobs)
+        return req.sampling_params(max_tokens, logprobs, prompt_logprobs)
     except RequestError as exc:
         raise from_request_error(exc) from None
 
@@ -98,7 +98,7 @@ async def _respond(state, request: Request, req, jobs: list[Job], fmt, prompt_pa
     if finals is None:
         return Response(status_code=CLIENT_CLOSED)
     n = jobs[0].params.n
-    choices = [fmt.choice(i, out, jobs[i // n].prompt_text or "") for i, out in enumerate(finals)]
+    choices = [fmt.choice(i, out, jobs[i // n]) for i, out in enumerate(finals)]
     prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
     return JSONResponse(fmt.response(choices, usage(prompt_tokens, sum(len(o.token_ids) for o in finals))))
 
@@ -122,14 +122,20 @@ async def _sse_events(state, jobs: list[Job], fmt, include_usage: bool, run: dic
     n = jobs[0].params.n
     sent: dict[int, int] = {}  # choice -> tokens already sent
     text_len: dict[int, int] = {}  # choice -> characters already sent (logprobs' text_offset)
+    # The prompt's scores (echo with logprobs) are known only once the engine has computed it.
+    waiting_for_scores = set(range(len(jobs) * n)) if fmt.scores_prompt else set()
     try:
         for index in range(len(jobs) * n):
-            opening = fmt.opening(index, jobs[index // n].prompt_text or "")
-            if opening is not None:
+            if index not in waiting_for_scores and (opening := fmt.opening(index, jobs[index // n])) is not None:
                 text_len[index] = len(opening.get("text", ""))
                 yield _sse(fmt.chunk([opening], with_usage_field=include_usage))
         async with aclosing(stream_outputs(state.llm, jobs, **run)) as outputs:
             async for index, out in outputs:
+                if index in waiting_for_scores:
+                    waiting_for_scores.discard(index)
+                    opening = fmt.opening(index, jobs[index // n])
+                    text_len[index] = len(opening["text"])
+                    yield _sse(fmt.chunk([opening], with_usage_field=include_usage))
                 start, sent[index] = sent.get(index, 0), len(out.token_ids)
                 new_ids = out.token_ids[start:]
                 # Text held back (it may become a stop string) has no chunk yet, unless logprobs are due.

@@ -76,7 +76,8 @@ class _SamplingFields(_Strict):
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
+                        ) -> SamplingParams:
         optional = {name: getattr(self, name) for name in
                     ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty") if getattr(self, name) is not None}
@@ -84,13 +85,14 @@ class _SamplingFields(_Strict):
             max_tokens=max_tokens, n=self.n, seed=self.seed, stop=self.stop or [],
             stop_token_ids=self.stop_token_ids or [], ignore_eos=self.ignore_eos,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens, logprobs=logprobs, **optional)
+            skip_special_tokens=self.skip_special_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            **optional)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=1)
-    echo: bool = False
+    max_tokens: int = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=0)  # 0 with echo: score the prompt only
+    echo: bool = False  # the answer starts with the prompt; with logprobs, the prompt's tokens are scored
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
@@ -113,9 +115,11 @@ class CompletionRequest(_SamplingFields):
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request(f"best_of={self.best_of} is not supported: ingot returns every sample (best_of = n)",
                               "best_of")
-        if self.echo and self.logprobs is not None:
-            raise bad_request("echo with logprobs would need the prompt's logprobs, which ingot does not compute",
-                              "echo")
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """echo with logprobs scores the prompt's tokens too (the legacy OpenAI API's, and vLLM's, behaviour)."""
+        return self.logprobs if self.echo else None
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt of a batch: text or token ids."""

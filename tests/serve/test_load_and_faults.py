@@ -121,6 +121,9 @@ def test_api_key_required(guarded_server):
     assert no_header.status_code == 401 and no_header.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(f"{guarded_server.url}/v1/models").status_code == 401
     assert guarded_server.client().models.list().data[0].id == "tiny"
+    assert httpx.post(f"{guarded_server.url}/tokenize", json={"prompt": "hi"}).status_code == 401
+    assert httpx.get(f"{guarded_server.url}/tokenizer_info", headers={"Authorization": f"Bearer {API_KEY}"}
+                     ).status_code == 200
     assert httpx.get(f"{guarded_server.url}/health").status_code == 200, "health and metrics stay open"
     assert httpx.get(f"{guarded_server.url}/metrics").status_code == 200
 

@@ -205,3 +205,56 @@ def test_planner_is_mounted(server):
     page = httpx.get(f"{server.url}/plan/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "gpus" in httpx.get(f"{server.url}/plan/api/options").json()
+
+
+def test_echo_with_logprobs_scores_the_prompt(server, client, reference):
+    """The legacy completions API's prompt scoring (what evaluation harnesses use): with echo and
+    logprobs, the prompt's tokens come first, the first with a null logprob."""
+    prompt_ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "Score this text"}).json()["tokens"]
+    out = client.completions.create(model="tiny", prompt=prompt_ids, max_tokens=3, temperature=0, echo=True,
+                                    logprobs=2)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(prompt_ids) + 3 == len(lp.token_logprobs) == len(lp.text_offset)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    (want,) = reference.generate([prompt_ids], SamplingParams(max_tokens=3, temperature=0.0, prompt_logprobs=2,
+                                                              logprobs=2))
+    expected = [want.prompt_logprobs[i][t] for i, t in enumerate(prompt_ids) if i] + \
+        [e[t] for e, t in zip(want.outputs[0].logprobs, want.outputs[0].token_ids)]
+    assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-5)
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    assert out.choices[0].text.startswith("".join(lp.tokens[: len(prompt_ids)]))
+    chunks = [c.choices[0] for c in client.completions.create(model="tiny", prompt=prompt_ids, max_tokens=3,
+                                                              temperature=0, echo=True, logprobs=2, stream=True)]
+    streamed = [v for c in chunks if c.logprobs for v in c.logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)
+    assert "".join(c.text for c in chunks) == out.choices[0].text
+
+
+def test_max_tokens_0_with_echo_only_scores_the_prompt(client):
+    out = client.completions.create(model="tiny", prompt="Only the prompt", max_tokens=0, echo=True, logprobs=0)
+    choice = out.choices[0]
+    assert choice.text == "Only the prompt" and choice.finish_reason == "length"
+    assert out.usage.completion_tokens == 0 and len(choice.logprobs.tokens) == out.usage.prompt_tokens
+    assert choice.logprobs.token_logprobs[0] is None and all(v <= 0 for v in choice.logprobs.token_logprobs[1:])
+    batch = client.completions.create(model="tiny", prompt=["one", "two words"], max_tokens=0, echo=True, logprobs=1,
+                                      n=2)
+    assert [c.text for c in batch.choices] == ["one", "one", "two words", "two words"]
+    assert batch.choices[0].logprobs.token_logprobs == batch.choices[1].logprobs.token_logprobs
+
+
+def test_tokenizer_endpoints(server, reference):
+    info = httpx.get(f"{server.url}/tokenizer_info").json()
+    assert info["eos_token"] == "</s>" and info["model_max_length"] == reference.engine.spec.build.max_seq_len
+    ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "héllo wörld", "add_special_tokens": False}).json()
+    assert ids["tokens"] == reference.tokenizer.encode("héllo wörld", add_special_tokens=False)
+    assert ids["count"] == len(ids["tokens"])
+    chat = httpx.post(f"{server.url}/tokenize", json={"messages": MESSAGES}).json()
+    assert chat["tokens"] == reference.tokenizer.encode_chat(MESSAGES)
+    back = httpx.post(f"{server.url}/detokenize", json={"tokens": ids["tokens"]}).json()
+    assert back == {"prompt": "héllo wörld"}
+    for route, body, param in (("tokenize", {}, None), ("tokenize", {"prompt": "a", "messages": MESSAGES}, None),
+                               ("detokenize", {"tokens": [10**6]}, "tokens"), ("tokenize", {"prompt": 5}, "prompt")):
+        answer = httpx.post(f"{server.url}/{route}", json=body)
+        assert answer.status_code == 400, (route, body, answer.text)
+        assert param is None or answer.json()["error"]["param"] == param
