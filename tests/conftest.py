@@ -32,3 +32,31 @@ def tiny_engine(tiny_checkpoint, tmp_path_factory):
                  BuildConfig(dtype="fp32", max_batch_size=8, max_input_len=64, max_seq_len=128,
                              max_num_tokens=64, tokens_per_block=8), device="cpu")
     return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(tmp_path_factory):
+    """The embedded SmolLM2-135M-Instruct, built once per session (fp32, CPU): every test of the real
+    model shares it."""
+    from ingot.builder.build import build_engine
+    from ingot.config import BuildConfig
+
+    directory = tmp_path_factory.mktemp("engines") / "smollm2"
+    build_engine("smollm2", directory, BuildConfig(max_seq_len=1024, max_input_len=1024, max_batch_size=16),
+                 device="cpu")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers():
+    """(model, tokenizer) of the same GGUF, dequantized by transformers' own reader, fp32."""
+    import torch
+    import transformers
+
+    from ingot.builder.presets import resolve_preset
+
+    gguf = resolve_preset("smollm2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                              dtype=torch.float32).eval()
+    return model, tokenizer

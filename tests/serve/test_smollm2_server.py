@@ -8,23 +8,12 @@ import sys
 
 import pytest
 
-from tests.serve.conftest import start_server
 
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def smol_server(tmp_path_factory):
-    from ingot.builder.build import build_engine
-    from ingot.config import BuildConfig
-
-    engine_dir = tmp_path_factory.mktemp("engines") / "smollm2"
-    build_engine("smollm2", engine_dir, BuildConfig(max_seq_len=512, max_batch_size=16), device="cpu")
-    server = start_server(engine_dir, tmp_path_factory.mktemp("logs") / "smollm2.log", model="smollm2")
-    yield server
-    assert server.stop() == 0, server.log.read_text()
 
 
 def test_chat_answers_paris_and_streams_the_same(smol_server):
