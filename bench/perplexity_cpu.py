@@ -2,9 +2,12 @@
 and windows (the figures quantized builds are judged by). CPU; fp32 and bf16.
 
     python bench/perplexity_cpu.py --text ../shared/data/hamlet.md --models smollm2 qwen2.5-coder-0.5b \
-        --dtypes fp32 bf16 --window 1024 --stride 512 --out bench/results
+        --dtypes fp32 bf16 --window 1024 --stride 512 --from-fraction 0.75 --out bench/results
 
-Writes one record per model and dtype: DATE-cpu-perplexity-hamlet-MODEL-DTYPE.json.
+The evaluation part is the text from --from-fraction of its characters to the end (the last quarter
+by default): the earlier part is left for calibrating quantized builds, so a quantized model is
+never judged on the tokens it was calibrated on. Writes one record per model and dtype:
+DATE-cpu-perplexity-hamlet-MODEL-DTYPE.json.
 """
 
 from __future__ import annotations
@@ -57,12 +60,16 @@ def main() -> int:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=512)
+    parser.add_argument("--from-fraction", type=float, default=0.75,
+                        help="evaluate the text from this fraction of its characters to the end")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    text = Path(args.text).read_text(encoding="utf-8")
+    full = Path(args.text).read_text(encoding="utf-8")
+    text = full[int(len(full) * args.from_fraction):]
     for model in args.models:
         for dtype in args.dtypes:
-            record = {**record_header(), "text": Path(args.text).name,
+            record = {**record_header(), "text": Path(args.text).name, "text_from_fraction": args.from_fraction,
+                      "text_chars": len(text),
                       **measure(model, dtype, text, args.window, args.stride)}
             name = f"{record['date'][:10]}-cpu-perplexity-hamlet-{model}-{dtype}.json"
             write_record(args.out / name, record)
