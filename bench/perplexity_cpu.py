@@ -66,6 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     full = Path(args.text).read_text(encoding="utf-8")
     text = full[int(len(full) * args.from_fraction):]
+    args.out.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         for dtype in args.dtypes:
             record = {**record_header(), "text": Path(args.text).name, "text_from_fraction": args.from_fraction,
