@@ -77,6 +77,18 @@ class AsyncLLM:
         """Abort a request (all of its n samples) and free its KV blocks."""
         self._loop.abort(self._samples.get(request_id, [request_id]))
 
+    def failure(self) -> str | None:
+        """Why the engine can no longer serve (its loop stopped, or a worker rank died), or None."""
+        if self._loop.error is not None:
+            return f"the engine loop has stopped: {self._loop.error}"
+        workers = getattr(self.engine, "workers", None)
+        if workers is not None:
+            try:
+                workers.check_alive()
+            except EngineError as exc:
+                return str(exc)
+        return None
+
     def stats(self):
         """The latest EngineStats snapshot (safe to read from any thread)."""
         return self.engine.stats

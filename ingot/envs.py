@@ -16,3 +16,13 @@ def num_cpu_threads() -> int | None:
     """$INGOT_NUM_THREADS caps torch's CPU threads; unset leaves torch's default."""
     value = os.environ.get("INGOT_NUM_THREADS")
     return int(value) if value else None
+
+
+def torchrun_rank() -> tuple[int, int, str, int, int] | None:
+    """(rank, world size, master address, master port, local rank) when a launcher such as torchrun
+    started this process as one rank of a job (it sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    LOCAL_RANK); None otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            int(os.environ.get("MASTER_PORT", "29500")), int(os.environ.get("LOCAL_RANK", "0")))

@@ -33,9 +33,17 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
-    p.add_argument("--cuda-graph-batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+    p.add_argument("--cuda-graph-batch-sizes", type=_int_list, default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: every layer split over N GPUs")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages: the layers split into M runs, one per stage")
+    p.add_argument("--pp-layers", type=_int_list, default=None,
+                   help="comma-separated layers per pipeline stage (default: as even as possible)")
     return p
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
 
 
 def register(subparsers) -> None:
@@ -46,12 +54,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ingot.builder.build import build_engine
+    from ingot.config import ParallelConfig
 
+    parallel = ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers)
     config = BuildConfig(dtype=args.dtype, max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                          max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
                          tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
     started = time.perf_counter()
-    spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format)
+    spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format,
+                        parallel=parallel)
+    ranks = f", {spec.world_size} ranks (tp {parallel.tp}, pp {parallel.pp})" if spec.world_size > 1 else ""
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
-          f"{spec.target.describe()}, in {time.perf_counter() - started:.1f} s")
+          f"{spec.target.describe()}{ranks}, in {time.perf_counter() - started:.1f} s")
     return 0

@@ -117,11 +117,20 @@ class LlamaForCausalLM(nn.Module):
                 else LMHead(cfg.vocab_size, cfg.hidden_size, ctx)
         self.rotary = rotary
 
-    def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
-        """input_ids, positions: (T,) -> final hidden states (T, hidden). kv_caches: one per layer of this rank."""
-        hidden, residual = self.embed_tokens(input_ids), None
+    def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata,
+                intermediate: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """input_ids, positions: (T,); kv_caches: one per layer of this rank. The first stage embeds
+        input_ids, a later one continues from `intermediate` = (hidden, residual), each (T, hidden),
+        of the stage before. The last stage returns the final hidden states (T, hidden); an earlier
+        one returns (hidden, residual) for the next."""
+        if self.embed_tokens is not None:
+            hidden, residual = self.embed_tokens(input_ids), None
+        else:
+            hidden, residual = intermediate
         for layer, kv_cache in zip(self.layers.values(), kv_caches):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        if self.norm is None:
+            return hidden, residual
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

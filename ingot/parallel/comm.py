@@ -1,6 +1,6 @@
 """Collectives of the tensor-parallel group. With one rank they are the identity; with more,
-they are torch.distributed calls over the process group the launcher initialised (one process
-per rank: NCCL on GPUs, gloo on CPU)."""
+they are torch.distributed calls over this stage's tensor-parallel group (ingot/parallel/state.py:
+NCCL on GPUs, gloo on CPU)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import torch
 from ingot.errors import EngineError
 
 
-def _require_group(tp_size: int) -> None:
-    import torch.distributed as dist
+def _tp_group(tp_size: int):
+    from ingot.parallel.state import current
 
-    if not (dist.is_available() and dist.is_initialized()):
+    state = current()
+    if state is None:
         raise EngineError(f"a layer split over tp={tp_size} ranks ran without an initialised torch.distributed "
                           "process group: each rank must run in its own process, started by a launcher")
+    return state.tp_group
 
 
 def all_reduce(x: torch.Tensor, tp_size: int) -> torch.Tensor:
@@ -23,8 +25,7 @@ def all_reduce(x: torch.Tensor, tp_size: int) -> torch.Tensor:
         return x
     import torch.distributed as dist
 
-    _require_group(tp_size)
-    dist.all_reduce(x)
+    dist.all_reduce(x, group=_tp_group(tp_size))
     return x
 
 
@@ -34,7 +35,7 @@ def all_gather_last_dim(x: torch.Tensor, tp_size: int) -> torch.Tensor:
         return x
     import torch.distributed as dist
 
-    _require_group(tp_size)
+    group = _tp_group(tp_size)
     parts = [torch.empty_like(x) for _ in range(tp_size)]
-    dist.all_gather(parts, x.contiguous())
+    dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim=-1)

@@ -2,8 +2,8 @@
 
 A model whose architecture `ingot build` does not build (its model registry, ingot.models)
 gets no command, whatever the layout: a note names the architectures it builds. For the rest,
-a plan can ask for more than ingot builds today: quantized weights, an FP8 KV cache, TP/PP/EP
-over several GPUs. Every flag and its value are checked against the parser `ingot build`
+a plan can ask for more than ingot builds today: quantized weights, an FP8 KV cache, EP for a
+mixture of experts. Every flag and its value are checked against the parser `ingot build`
 itself uses (ingot.commands.build.make_build_parser), so every printed command parses. What
 the parser lacks is left out and a note says what the command builds instead, as
 precisions.execution_on notes what a GPU lacks; a layout of several GPUs the parser cannot
@@ -11,7 +11,9 @@ express gets no command at all. When an architecture lands in the registry or a 
 parser, the planner prints it.
 
     ingot build MODEL -o engines/NAME --dtype D [--quant Q] [--kv-cache-dtype K]
-                [--tp T --pp P [--ep E]] --max-batch-size B --max-input-len I ...
+                [--tp T] [--pp P] [--ep E] --max-batch-size B --max-input-len I ...
+
+--tp, --pp and --ep appear only above 1, their default: a one-GPU command stays short.
 """
 
 from __future__ import annotations
@@ -130,17 +132,23 @@ def _architecture_note(architecture: str) -> str | None:
 
 
 def _parallel_words(flags: BuildFlags, layout: Layout) -> tuple[list[str], list[str]]:
-    """(--tp/--pp/--ep words the parser takes, the ones it lacks). A size of 1 the parser cannot
-    say is no loss: an engine without these flags is one GPU's."""
-    wanted = [("--tp", layout.tp), ("--pp", layout.pp)] + ([("--ep", layout.ep)] if layout.ep > 1 else [])
+    """(--tp/--pp/--ep words the parser takes, the ones it lacks), each only above 1. A size of 1
+    is `ingot build`'s default (one rank, one stage, experts sliced), so leaving it out loses
+    nothing, even where the parser has no such flag."""
+    wanted = _parallel_sizes(layout)
     words = [word for flag, n in wanted for word in flags.option(flag, str(n))]
-    lacking = [f"{flag} {n}" for flag, n in wanted if n > 1 and not flags.accepts(flag, str(n))]
+    lacking = [f"{flag} {n}" for flag, n in wanted if not flags.accepts(flag, str(n))]
     return words, lacking
+
+
+def _parallel_sizes(layout: Layout) -> list[tuple[str, int]]:
+    """The layout's parallel flags that differ from the default of 1."""
+    return [(flag, n) for flag, n in (("--tp", layout.tp), ("--pp", layout.pp), ("--ep", layout.ep)) if n > 1]
 
 
 def _no_command_note(precision: Precision, layout: Layout, gpu: GPU, lacking: list[str], quant: list[str]) -> str:
     """Every flag the layout needs, which of them (and of --quant) `ingot build` lacks, and what to try."""
-    needed = f"--tp {layout.tp} --pp {layout.pp}" + (f" --ep {layout.ep}" if layout.ep > 1 else "")
+    needed = " ".join(f"{flag} {n}" for flag, n in _parallel_sizes(layout))
     note = (f"{layout.name} needs `{needed}`; `ingot build` does not offer "
             f"{', '.join(f'`{w}`' for w in lacking)} yet")
     if precision.quant and not quant:

@@ -10,6 +10,7 @@ newly full blocks to the prefix cache.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 from pathlib import Path
@@ -21,13 +22,13 @@ from ingot.attention import get_backend
 from ingot.config import CacheConfig, SchedulerConfig
 from ingot.errors import RequestError
 from ingot.layers.sampler import make_generator
-from ingot.runtime.cuda_graphs import StepGraphs
+from ingot.engine_format import read_spec
+from ingot.parallel.launch import start_workers
 from ingot.runtime.detokenizer import IncrementalDetokenizer
-from ingot.runtime.kv_cache import BlockPool, KVCachePool, blocks_needed
+from ingot.runtime.kv_cache import BlockPool
 from ingot.runtime.kv_manager import KVCacheManager
-from ingot.runtime.kv_sizing import plan_pool
-from ingot.runtime.loader import load_engine
 from ingot.runtime.model_runner import ModelRunner
+from ingot.runtime.rank import set_up_rank
 from ingot.runtime.outputs import CompletionOutput, RequestOutput
 from ingot.runtime.records import RunnerOutput, SampledTokens
 from ingot.runtime.request import Request
@@ -63,41 +64,56 @@ class LLMEngine:
             torch.set_num_threads(envs.num_cpu_threads())
         self.attention_backend = resolve_backend(attention_backend, device)
         self.backend = get_backend(self.attention_backend)
-        self.spec, self.model, self.device = load_engine(engine_dir, self.backend, device)
+        cache_config = cache_config or CacheConfig()
+        self.workers = self._start_workers(cache_config, device, enforce_eager)
+        try:
+            parts = set_up_rank(engine_dir, self.backend, device, cache_config, enforce_eager, 0,
+                                self.workers.agree_min if self.workers else (lambda n: n))
+        except BaseException:
+            self.shutdown()
+            raise
+        self.spec, self.model, self.device = parts.spec, parts.model, parts.device
+        self.pool_plan, self.pool = parts.pool_plan, parts.pool
         # Engines built with --load-format dummy have no tokenizer: they take token ids only.
         has_tokenizer = (self.engine_dir / "tokenizer.json").is_file()
         self.tokenizer = Tokenizer.from_dir(engine_dir) if has_tokenizer else None
         cfg, build = self.spec.model, self.spec.build
-        cache_config = cache_config or CacheConfig()
         tokenizer_eos = self.tokenizer.eos_token_ids if self.tokenizer else ()
         self.eos_token_ids = tuple(sorted(set(tokenizer_eos) | set(cfg.eos_token_ids)))
-        self.pool_plan = plan_pool(self.spec, cache_config, self.device)
-        logger.info("%s", self.pool_plan.describe())
-        self.pool = KVCachePool(cfg.num_layers, self.pool_plan.num_blocks, build.tokens_per_block,
-                                cfg.num_kv_heads, cfg.head_dim, self.model.embed_tokens.weight.dtype, self.device)
         self.kv = KVCacheManager(BlockPool(self.pool_plan.num_blocks), build.tokens_per_block,
                                  cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, scheduler_config or SchedulerConfig.for_engine(build), build.max_seq_len)
-        on_cuda = self.device.type == "cuda"
-        # Overlap host post-processing with the GPU: default on CUDA, where it pays.
-        self.runner = ModelRunner(self.model, self.pool, self.device, self._capture_graphs(enforce_eager),
-                                  async_output=on_cuda if async_output is None else async_output,
-                                  overlap_min_batch=OVERLAP_MIN_BATCH if on_cuda else 1)
+        # Overlap host post-processing with the GPU: default on CUDA, where it pays; a single rank
+        # only (the other ranks would need the tokens that stay on rank 0's device).
+        if self.workers is not None:
+            async_output = False
+        elif async_output is None:
+            async_output = self.device.type == "cuda"
+        self.runner = ModelRunner(self.model, self.pool, self.device, parts.graphs, async_output=async_output,
+                                  overlap_min_batch=OVERLAP_MIN_BATCH if self.device.type == "cuda" else 1,
+                                  workers=self.workers)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0}
         self.stats = self._snapshot(0)
 
-    def _capture_graphs(self, enforce_eager: bool) -> StepGraphs | None:
-        """CUDA graphs for decode at the engine's batch sizes (needs a graph-safe backend)."""
-        build = self.spec.build
-        if enforce_eager or self.device.type != "cuda" or not self.backend.supports_cuda_graphs \
-                or not build.cuda_graph_batch_sizes:
+    def _start_workers(self, cache_config: CacheConfig, device: str | None, enforce_eager: bool):
+        """A multi-rank engine: one worker process per other rank (ingot/parallel/launch.py)."""
+        spec = read_spec(self.engine_dir)
+        if spec.world_size == 1:
             return None
-        graphs = StepGraphs(self.model, self.backend, self.pool.layers, build.cuda_graph_batch_sizes, (1,),
-                            blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len, self.device)
-        graphs.capture()
-        return graphs
+        kind = (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+        workers = start_workers(self.engine_dir, spec.mapping, kind, cache_config, enforce_eager, self.attention_backend)
+        logger.info("started %d worker ranks (tp=%d, pp=%d)", spec.world_size - 1, spec.mapping.config.tp,
+                    spec.mapping.config.pp)
+        atexit.register(self.shutdown)  # the workers hear "stop" even when nobody calls shutdown
+        return workers
+
+    def shutdown(self) -> None:
+        """Stop the worker processes of a multi-rank engine (nothing to do with one rank)."""
+        if getattr(self, "workers", None) is not None:
+            self.workers.shutdown()
+            self.workers = None
 
     # ---- requests ----
 

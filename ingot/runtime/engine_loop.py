@@ -55,9 +55,11 @@ class EngineLoop:
         self._wake.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop thread, then the engine's worker processes (if it has any)."""
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        self.engine.shutdown()
 
     def _run(self) -> None:
         try:

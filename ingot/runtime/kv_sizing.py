@@ -31,6 +31,9 @@ class PoolPlan:
         """How many sequences of the full max_seq_len fit at once."""
         return (self.num_blocks - 1) / blocks_needed(self.max_seq_len, self.tokens_per_block)
 
+    def with_blocks(self, num_blocks: int) -> "PoolPlan":
+        return PoolPlan(num_blocks, self.tokens_per_block, self.bytes_per_block, self.max_seq_len)
+
     def describe(self) -> str:
         gib = self.num_blocks * self.bytes_per_block / 2**30
         return (f"KV cache: {self.num_blocks - 1} blocks x {self.tokens_per_block} tokens = {self.num_tokens} "
@@ -38,10 +41,12 @@ class PoolPlan:
                 f"{self.max_concurrency:.1f} sequences")
 
 
-def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device) -> PoolPlan:
+def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device, num_layers: int | None = None,
+              num_kv_heads: int | None = None) -> PoolPlan:
+    """The pool of one rank: its layers and KV heads (default: the whole model's)."""
     cfg, build = spec.model, spec.build
-    per_block = kv_bytes_per_block(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, DTYPE_BYTES[spec.dtype],
-                                   build.tokens_per_block)
+    per_block = kv_bytes_per_block(num_layers or cfg.num_layers, num_kv_heads or cfg.num_kv_heads, cfg.head_dim,
+                                   DTYPE_BYTES[spec.dtype], build.tokens_per_block)
     budget = _device_budget(spec, cache, device) if device.type == "cuda" else (
         cache.max_cache_bytes or DEFAULT_CPU_CACHE_BYTES)
     per_seq = blocks_needed(build.max_seq_len, build.tokens_per_block)

@@ -20,20 +20,25 @@ from ingot.errors import EngineError
 from ingot.models import create_model
 
 
-def load_engine(directory: str | Path, backend: AttentionBackend, device: str | None = None,
-                ) -> tuple[EngineSpec, torch.nn.Module, torch.device]:
+def load_engine(directory: str | Path, backend: AttentionBackend, device: str | torch.device | None = None,
+                rank: int = 0) -> tuple[EngineSpec, torch.nn.Module, torch.device]:
+    """Rank `rank`'s slice of the engine (a multi-rank engine needs its process group joined first:
+    ingot/parallel/launch.py)."""
+    from ingot.parallel.state import current
+
     directory = Path(directory)
     spec = read_spec(directory)
-    here = current_device(device)
+    here = current_device(str(device) if device is not None else None)
     check_target(spec, here, directory)
-    if spec.world_size != 1:
+    state = current()
+    if spec.world_size > 1 and (state is None or state.world_size != spec.world_size or state.rank != rank):
         raise EngineError(
             f"engine {directory} is split over {spec.world_size} ranks (tp={spec.mapping.config.tp}, "
-            f"pp={spec.mapping.config.pp}); this runtime runs single-rank engines: rebuild it with tp=1, pp=1")
+            f"pp={spec.mapping.config.pp}); load it through LLM / LLMEngine, which start one process per rank")
     torch_device = torch.device(device or ("cuda" if here.kind == "cuda" else "cpu"))
-    model = create_model(spec, backend).to_empty(device=torch_device)
+    model = create_model(spec, backend, rank).to_empty(device=torch_device)
     model.rotary.reset_cache(torch_device)
-    fill_weights(model, directory / rank_file(0))
+    fill_weights(model, directory / rank_file(rank))
     for module in model.modules():
         if hasattr(module, "process_after_load"):
             module.process_after_load()

@@ -16,39 +16,34 @@ step sampled afterwards reads the request histories that output completed).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ingot.attention import AttentionMetadata
 from ingot.layers.sampler import Sampler, SamplingRow
+from ingot.parallel.stage import ForwardPlan, StageRunner, StepInputs
 from ingot.runtime.cuda_graphs import StepGraphs
 from ingot.runtime.kv_cache import KVCachePool
 from ingot.runtime.overlap import PendingStep
-from ingot.runtime.prompt_scoring import score_rows
 from ingot.runtime.records import PromptScores, RunnerOutput, SampledTokens, SchedulerOutput
 from ingot.runtime.step_inputs import HostInputs, block_table_array, host_inputs
 from ingot.sampling_params import SamplingParams
 from ingot.speculative.verify import num_accepted
 
 
-@dataclass
-class StepInputs:
-    input_ids: torch.Tensor  # (num_tokens,) int64, device
-    positions: torch.Tensor  # (num_tokens,) int64, device
-    metadata: AttentionMetadata
-    sample_index: torch.Tensor  # (num_sampled,) int64, device: packed rows whose logits are sampled
-    host: HostInputs  # the host lists these were made from (prompt-scoring rows among them)
-
-
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, pool: KVCachePool, device: torch.device,
                  graphs: StepGraphs | None = None, async_output: bool = False, overlap_min_batch: int = 1,
-                 want_hidden_states: bool = False) -> None:
+                 want_hidden_states: bool = False, workers=None) -> None:
         self.model = model
         self.pool = pool
         self.device = device
         self.graphs = graphs  # CUDA graphs for steps of uniform tokens per sequence, when captured
+        # The other ranks of a multi-rank engine (ingot/parallel/launch.py): they run each step's
+        # plan on their slices; this process is rank 0, which schedules and samples.
+        self.workers = workers
+        self.stage = StageRunner(model, pool, device, model.cfg.vocab_size, graphs,
+                                 workers.state if workers is not None else None)
         self.sampler = Sampler()
         self.async_output = async_output
         self.overlap_min_batch = overlap_min_batch
@@ -104,25 +99,35 @@ class ModelRunner:
         logits, hidden, _ = self._forward_and_score(step, device_ids)
         return logits, hidden
 
-    @torch.inference_mode()
     def _forward_and_score(self, step: SchedulerOutput, device_ids: torch.Tensor | None = None,
-                           ) -> tuple[torch.Tensor, torch.Tensor, list[PromptScores]]:
+                           ) -> tuple[torch.Tensor, torch.Tensor | None, list[PromptScores]]:
         """forward, and the scores of the prompt positions requests asked to have scored."""
-        key = self._graph_key(step)
-        if key is not None:
-            return *self._replay(step, key, device_ids), []
-        inputs = self.prepare(step)
-        if device_ids is not None:
-            inputs.input_ids = device_ids
-        hidden = self.model(inputs.input_ids, inputs.positions, self.pool.layers, inputs.metadata)
-        scores = self._score_prompts(inputs.host, hidden)
-        hidden = hidden.index_select(0, inputs.sample_index)
-        return self.model.compute_logits(hidden), hidden, scores
+        host = host_inputs(step, self.pool.tokens_per_block)
+        plan = ForwardPlan.of(host, *self._tables_and_key(step))
+        if self.workers is None:
+            out = self.stage.run(plan, device_ids)
+        else:
+            out = self._run_with_workers(plan)
+        return out.logits, out.hidden, self._scores(host, out.score_entries)
 
-    def _score_prompts(self, host: HostInputs, hidden: torch.Tensor) -> list[PromptScores]:
-        if not host.score_index:
-            return []
-        entries = score_rows(self.model, hidden, host.score_index, host.score_targets, host.score_top_k)
+    def _run_with_workers(self, plan: ForwardPlan):
+        """Every rank runs the same plan on its slice; a failed collective is explained by rank."""
+        try:
+            self.workers.broadcast(plan)
+            return self.stage.run(plan)
+        except RuntimeError as exc:
+            raise self.workers.explain(exc) from exc
+
+    def _tables_and_key(self, step: SchedulerOutput) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The block tables and, when the step replays a captured graph, its key (the tables then
+        padded to the graph's rows and width)."""
+        key = self._graph_key(step)
+        if key is None:
+            return block_table_array(step, max(len(s.request.block_ids) for s in step.scheduled)), None
+        pad = self.graphs.backend.graph_padding(key[1])
+        return block_table_array(step, self.graphs.max_blocks, key[0], pad.block), key
+
+    def _scores(self, host: HostInputs, entries: list[dict[int, float]]) -> list[PromptScores]:
         scores, first_entry = [], 0
         for request, first_token, count in host.score_spans:
             scores.append(PromptScores(request, first_token, entries[first_entry:first_entry + count]))
@@ -136,34 +141,11 @@ class ModelRunner:
             return None
         return self.graphs.key_for(len(step.scheduled), step.tokens_per_request)
 
-    def _replay(self, step: SchedulerOutput, key: tuple[int, int], device_ids: torch.Tensor | None):
-        inputs = host_inputs(step, self.pool.tokens_per_block)
-        pad = self.graphs.backend.graph_padding(key[1])
-        tables = block_table_array(step, self.graphs.max_blocks, key[0], pad.block)
-        ids = [0] * len(inputs.input_ids) if device_ids is not None else inputs.input_ids
-        return self.graphs.replay(key, ids, inputs.positions, inputs.slots, inputs.seq_lens, tables, device_ids)
-
     def prepare(self, step: SchedulerOutput) -> StepInputs:
-        inputs = host_inputs(step, self.pool.tokens_per_block)
-        tables = block_table_array(step, max(len(s.request.block_ids) for s in step.scheduled))
-        metadata = AttentionMetadata(
-            query_start_loc=self._tensor(inputs.query_start, torch.int32),
-            seq_lens=self._tensor(inputs.seq_lens, torch.int32),
-            block_tables=torch.from_numpy(tables).to(self.device, non_blocking=True),
-            slot_mapping=self._tensor(inputs.slots, torch.int64),
-            query_start_loc_cpu=inputs.query_start,
-            seq_lens_cpu=inputs.seq_lens,
-            max_query_len=max(s.num_tokens for s in step.scheduled),
-            max_seq_len=max(inputs.seq_lens),
-        )
-        return StepInputs(self._tensor(inputs.input_ids, torch.int64), self._tensor(inputs.positions, torch.int64),
-                          metadata, self._tensor(inputs.sample_index, torch.int64), inputs)
-
-    def _tensor(self, data: list[int], dtype: torch.dtype) -> torch.Tensor:
-        # From pageable host memory: the copy is staged by the driver and returns once the source
-        # is read. Eager steps are prompt chunks, where this is small next to the compute; decode
-        # steps replay graphs, which stage everything in one packed copy (cuda_graphs.py).
-        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+        """The step's input tensors for an eager forward (what tests feed the model directly)."""
+        host = host_inputs(step, self.pool.tokens_per_block)
+        return self.stage.tensors(ForwardPlan.of(host, block_table_array(
+            step, max(len(s.request.block_ids) for s in step.scheduled))))
 
     # ---- sampling and verification ----
 

@@ -161,9 +161,9 @@ def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
 def _add_service_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> Response:
-        error = getattr(getattr(state.llm, "_loop", None), "error", None)
-        if error is not None:
-            return APIError(503, f"the engine loop has stopped: {error!r}", type="server_error").response()
+        failure = state.llm.failure()
+        if failure is not None:
+            return APIError(503, failure, type="server_error").response()
         return JSONResponse({"status": "ok"})
 
     @app.get("/version")

@@ -3,6 +3,8 @@
 The engine is loaded before the port opens, so /health answering means ready. On a signal,
 uvicorn stops accepting, gives open streams shutdown_timeout seconds to finish, then cancels
 them (which aborts their requests); the engine loop is shut down last, whatever happened.
+If the engine fails on its own (its loop stops on an error, a worker rank dies), a watchdog
+reports why and stops the server the same way, and the process exits with status 1.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
+
+WATCHDOG_INTERVAL_S = 0.5
 
 
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
@@ -31,13 +36,33 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
         print(f"ingot serve: {name!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
         # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a normal exit.
         signal.signal(signal.SIGTERM, _exit_normally)
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        failed = _watch(llm, server)
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
         llm.shutdown()
     print("ingot serve: stopped", file=sys.stderr, flush=True)
-    return 0
+    return 1 if failed.is_set() else 0
+
+
+def _watch(llm, server) -> threading.Event:
+    """A daemon thread that stops the server when the engine can no longer serve."""
+    failed = threading.Event()
+
+    def run() -> None:
+        while not server.should_exit:
+            failure = llm.failure()
+            if failure is not None:
+                print(f"ingot serve: {failure}; shutting down", file=sys.stderr, flush=True)
+                failed.set()
+                server.should_exit = True
+                return
+            threading.Event().wait(WATCHDOG_INTERVAL_S)
+
+    threading.Thread(target=run, name="ingot-serve-watchdog", daemon=True).start()
+    return failed
 
 
 def _exit_normally(signum, frame) -> None:

@@ -1,6 +1,7 @@
 """Every `ingot build` command the planner prints parses with the real `ingot build` parser,
 and what that parser lacks becomes a note, not a flag; a model whose architecture `ingot build`
-does not build gets a note and no command (ingot/plan/command.py)."""
+does not build gets a note and no command (ingot/plan/command.py). The real parser has --tp and
+--pp but not yet --quant, --kv-cache-dtype or --ep; a faked future parser adds those it lacks."""
 
 from __future__ import annotations
 
@@ -38,13 +39,32 @@ def _parse(build_command: str, parser: argparse.ArgumentParser) -> argparse.Name
         pytest.fail(f"the planner printed `{build_command}`, which `ingot build` rejects: {error}", pytrace=False)
 
 
-def _future_parser(quant_choices=("fp8", "int4_awq", "int4_gptq", "w8a8_sq", "nvfp4", "mxfp4")):
-    """`ingot build` as later issues will make it: quantization, KV dtype and TP/PP/EP flags."""
+# The flags later issues add to `ingot build`, as they will take them.
+FUTURE_FLAGS = {
+    "--quant": {"choices": ["fp8", "int4_awq", "int4_gptq", "w8a8_sq", "nvfp4", "mxfp4"]},
+    "--kv-cache-dtype": {"choices": list(KV_DTYPES)},
+    "--ep": {"type": int, "default": 1},
+}
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def _future_parser() -> argparse.ArgumentParser:
+    """`ingot build` as later issues will make it: the real parser plus each FUTURE_FLAGS entry it
+    still lacks. A flag it has already is its own (adding it again would conflict)."""
     parser = make_build_parser()
-    parser.add_argument("--quant", choices=list(quant_choices))
-    parser.add_argument("--kv-cache-dtype", choices=list(KV_DTYPES))
-    for flag in ("--tp", "--pp", "--ep"):
-        parser.add_argument(flag, type=int, default=1)
+    for flag in FUTURE_FLAGS.keys() - _option_strings(parser):
+        parser.add_argument(flag, **FUTURE_FLAGS[flag])
+    return parser
+
+
+def _parser_with_quant(*choices: str) -> argparse.ArgumentParser:
+    """The real parser with a --quant that offers only `choices`, whether or not it has one."""
+    parser = make_build_parser()
+    parser.conflict_handler = "resolve"  # read by add_argument: replace a real --quant, if any
+    parser.add_argument("--quant", choices=list(choices))
     return parser
 
 
@@ -58,21 +78,32 @@ def _future_build(monkeypatch) -> None:
 @pytest.mark.parametrize("envelope", ENVELOPES)
 def test_every_printed_command_parses_with_ingot_build(envelope):
     parser = make_build_parser()
-    printed = 0
+    printed, several = 0, 0
     for model in PRESETS:
         for gpu in GPUS:
             for precision in PRECISIONS:
                 plan = make_plan(model, gpu, precision, **ENVELOPES[envelope])
-                rec = plan["recommendation"]
+                rec, layout = plan["recommendation"], plan["recommendation"]["layout"]
                 if rec["build_command"] is None:
-                    assert rec["layout"] is None or rec["build_notes"], (model, gpu, precision)
+                    # A buildable architecture gets a command for every layout that fits (no EP here).
+                    buildable = plan["model"]["architecture"] in supported_architectures()
+                    assert layout is None or (rec["build_notes"] and not buildable), (model, gpu, precision)
                     continue
                 args = _parse(rec["build_command"], parser)
                 env = plan["envelope"]
                 assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == \
                     (env["concurrency"], env["isl"], env["seq_len"]), rec["build_command"]
+                assert (args.tp, args.pp) == (layout["tp"], layout["pp"]), rec["build_command"]
                 printed += 1
+                several += layout["num_gpus"] > 1
     assert printed > 100  # the matrix prints commands, not only notes
+    assert several > 10 or envelope == "long-fp8-kv-one-gpu"  # and TP/PP layouts get theirs
+
+
+def test_parallel_flags_default_to_one():
+    """The planner leaves out --tp/--pp/--ep of 1 because they are `ingot build`'s defaults."""
+    args = _future_parser().parse_args(["MODEL", "-o", "engines/x"])
+    assert (args.tp, args.pp, args.ep) == (1, 1, 1)
 
 
 def test_fp8_on_one_gpu_builds_bf16_and_says_so():
@@ -80,6 +111,7 @@ def test_fp8_on_one_gpu_builds_bf16_and_says_so():
     rec = plan["recommendation"]
     args = _parse(rec["build_command"], make_build_parser())
     assert args.dtype == "bf16" and "--quant" not in rec["build_command"]
+    assert "--tp" not in rec["build_command"] and "--pp" not in rec["build_command"]  # one GPU: defaults
     assert args.model == "./Llama-3.1-8B-Instruct" and args.output == "engines/llama-3.1-8b-bf16-tp1pp1"
     notes = "\n".join(rec["build_notes"])
     assert "`ingot build` has no `--quant fp8` yet, so this command builds bf16 weights: 16.1 GB" in notes
@@ -101,31 +133,65 @@ def test_fp8_kv_cache_is_omitted_with_a_note():
                for n in rec["build_notes"])
 
 
-def test_tensor_parallel_layout_prints_no_command():
-    plan = make_plan("llama-3.1-70b", "h100", "fp8", isl=8192, osl=2048, concurrency=64)
-    rec = plan["recommendation"]
-    assert rec["layout"]["layout"] == "TP4 PP1" and rec["build_command"] is None
+def test_tensor_parallel_layout_gets_a_command():
+    """Llama 70B in fp8 needs 4 x H100: `--tp 4` (no `--pp 1`), in bf16 since there is no --quant."""
+    rec = make_plan("llama-3.1-70b", "h100", "fp8", isl=8192, osl=2048, concurrency=64)["recommendation"]
+    assert rec["layout"]["layout"] == "TP4 PP1"
+    assert " --dtype bf16 --tp 4 --max-batch-size 64 " in rec["build_command"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.tp, args.pp, args.output) == (4, 1, "engines/llama-3.1-70b-bf16-tp4pp1")
+    notes = "\n".join(rec["build_notes"])
+    assert "no `--quant fp8` yet, so this command builds bf16 weights: 141.1 GB instead of 72.7 GB" in notes
+    assert "fits TP4 PP1 on H100 SXM 80GB with KV for only 50 of 64 concurrent requests" in notes
+
+
+@pytest.mark.parametrize(("model", "gpu", "words", "tp", "pp"), [
+    ("llama-3.1-8b", "rtx-4090", " --dtype bf16 --pp 2 --max-batch-size ", 1, 2),
+    ("llama-3.1-70b", "l40s", " --dtype bf16 --tp 2 --pp 2 --max-batch-size ", 2, 2),
+])
+def test_pipeline_layout_gets_a_command(model, gpu, words, tp, pp):
+    rec = make_plan(model, gpu, "fp8")["recommendation"]
+    assert (rec["layout"]["tp"], rec["layout"]["pp"]) == (tp, pp)
+    assert words in rec["build_command"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.tp, args.pp) == (tp, pp)
+
+
+def test_expert_parallel_layout_prints_no_command(monkeypatch):
+    """Were Qwen3-MoE in the registry, its EP8 layout still needs `--ep 8`, which `ingot build` lacks."""
+    monkeypatch.setattr(command, "buildable_architectures",
+                        lambda: {shape.architecture for shape in PRESETS.values()})
+    rec = make_plan("qwen3-30b-a3b", "h100", "fp8", num_gpus=8)["recommendation"]
+    assert rec["layout"]["layout"] == "TP8 PP1 EP8" and rec["build_command"] is None
     [note] = rec["build_notes"]
-    assert "TP4 PP1 needs `--tp 4 --pp 1`; `ingot build` does not offer `--tp 4` yet" in note
+    assert "TP8 PP1 EP8 needs `--tp 8 --ep 8`; `ingot build` does not offer `--ep 8` yet" in note
     assert "nor the plan's `--quant fp8`" in note and "--num-gpus 1" in note
 
 
+def test_the_future_parser_adds_only_what_ingot_build_lacks():
+    """It keeps the real --tp/--pp (no conflicting option string) and adds the rest."""
+    real = _option_strings(make_build_parser())
+    assert {"--tp", "--pp"} <= real
+    assert _option_strings(_future_parser()) == real | FUTURE_FLAGS.keys()
+
+
 def test_a_parser_with_the_flags_gets_them(monkeypatch):
-    """The check is driven by the parser: give it --quant/--tp/--ep and the planner prints them."""
+    """The check is driven by the parser: give it --quant/--kv-cache-dtype/--ep and the planner prints them."""
     _future_build(monkeypatch)
     rec = make_plan("llama-3.1-70b", "h100", "fp8", kv_cache_dtype="fp8", isl=8192, osl=2048,
                     concurrency=64)["recommendation"]
-    assert "--dtype bf16 --quant fp8 --kv-cache-dtype fp8 --tp 4 --pp 1" in rec["build_command"]
+    assert "--dtype bf16 --quant fp8 --kv-cache-dtype fp8 --tp 4 --max-batch-size" in rec["build_command"]
     args = _parse(rec["build_command"], _future_parser())
     assert (args.quant, args.tp, args.pp) == ("fp8", 4, 1)
     assert [n for n in rec["build_notes"] if "yet" in n] == []  # only the download note is left
     moe = make_plan("qwen3-30b-a3b", "h100", "bf16", num_gpus=8)["recommendation"]
-    assert "--tp 8 --pp 1 --ep 8" in moe["build_command"]
+    assert "--tp 8 --ep 8 --max-batch-size" in moe["build_command"]
+    assert _parse(moe["build_command"], _future_parser()).ep == 8
 
 
 def test_a_flag_without_the_choice_is_not_printed(monkeypatch):
     """--quant exists but does not list fp8: the value is checked, not only the flag."""
-    monkeypatch.setattr(command, "build_parser", lambda: _future_parser(quant_choices=("int4_awq",)))
+    monkeypatch.setattr(command, "build_parser", lambda: _parser_with_quant("int4_awq"))
     fp8 = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)["recommendation"]
     assert "--quant" not in fp8["build_command"] and "no `--quant fp8` yet" in "\n".join(fp8["build_notes"])
     awq = make_plan("llama-3.1-8b", "h100", "int4_awq", num_gpus=1)["recommendation"]
@@ -143,7 +209,8 @@ def test_every_command_parses_with_the_future_parser(monkeypatch, envelope):
             assert (rec["build_command"] is None) == (rec["layout"] is None)
             if rec["build_command"]:
                 args = _parse(rec["build_command"], parser)
-                assert (args.tp, args.pp) == (rec["layout"]["tp"], rec["layout"]["pp"])
+                layout = rec["layout"]
+                assert (args.tp, args.pp, args.ep) == (layout["tp"], layout["pp"], layout["ep"])
 
 
 def test_unsupported_architecture_prints_no_command():
@@ -156,9 +223,11 @@ def test_unsupported_architecture_prints_no_command():
     assert "LlamaForCausalLM" in supported  # the note names the registry's list, not an empty one
 
 
-def test_architecture_comes_before_the_flags(monkeypatch):
-    """Even a parser with every flag prints nothing for a model `ingot build` cannot build."""
-    monkeypatch.setattr(command, "build_parser", _future_parser)
+@pytest.mark.parametrize("parser", [make_build_parser, _future_parser])
+def test_architecture_comes_before_the_flags(monkeypatch, parser):
+    """With or without --ep, nothing is printed for a model `ingot build` cannot build, and the
+    one note is the architecture's, not the flags'."""
+    monkeypatch.setattr(command, "build_parser", parser)
     rec = make_plan("qwen3-30b-a3b", "h100", "bf16", num_gpus=8)["recommendation"]
     assert rec["build_command"] is None and len(rec["build_notes"]) == 1
     assert "does not build Qwen3MoeForCausalLM yet" in rec["build_notes"][0]
@@ -172,7 +241,8 @@ def test_an_architecture_in_the_registry_gets_a_command(monkeypatch):
     assert one["build_command"].startswith("ingot build ./Mixtral-8x7B-Instruct-v0.1 -o ")
     _parse(one["build_command"], make_build_parser())
     two = make_plan("mixtral-8x7b", "h100", "bf16", num_gpus=2)["recommendation"]
-    assert two["build_command"] is None and "`ingot build` does not offer `--tp 2`" in two["build_notes"][0]
+    assert two["layout"]["layout"] == "TP2 PP1" and " --tp 2 " in two["build_command"]
+    assert _parse(two["build_command"], make_build_parser()).tp == 2
 
 
 def test_buildable_architectures_are_the_registry():

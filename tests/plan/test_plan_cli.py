@@ -35,11 +35,14 @@ def test_table_output(capsys):
                  "--isl", "8192", "--osl", "2048", "--batch", "64"]) == 0
     out = capsys.readouterr().out
     for text in ("llama-3.1-70b", "H100 SXM 80GB", "ISL 8,192 + OSL 2,048", "TP4 PP1", "recommended",
-                 "memory/GPU", "throughput", "decode", "none: `ingot build` cannot build this plan yet",
-                 "note: TP4 PP1 needs `--tp 4 --pp 1`", "nor the plan's `--quant fp8`", "assumptions"):
+                 "memory/GPU", "throughput", "decode",
+                 "  ingot build ./Llama-3.1-70B-Instruct -o engines/llama-3.1-70b-bf16-tp4pp1 --dtype bf16 --tp 4 "
+                 "--max-batch-size 64 --max-input-len 8192 --max-seq-len 10240 ",
+                 "note: `ingot build` has no `--quant fp8` yet, so this command builds bf16 weights",
+                 "fits TP4 PP1 on H100 SXM 80GB with KV for only 50 of 64", "assumptions"):
         assert text in out, text
-    # ingot build has no --tp or --quant yet: no command line is printed for a TP4 plan.
-    assert "  ingot build" not in out
+    # ingot build has --tp but no --quant: a TP4 command in bf16, without the default `--pp 1`.
+    assert "cannot build" not in out and "--pp" not in out and "--quant fp8 " not in out.split("note:")[0]
 
 
 def test_table_output_one_gpu_command(capsys):
@@ -92,8 +95,9 @@ def test_build_command_flags_parse_back(capsys):
     assert (build.max_batch_size, build.max_input_len, build.max_seq_len) == (32, 4096, 5120)
     two = _json_plan(capsys, "--model", "qwen2.5-72b", "--gpu", "h200", "--precision", "int4_awq",
                      "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")["recommendation"]
-    assert two["layout"]["num_gpus"] == 2 and two["build_command"] is None
-    assert "`ingot build` does not offer" in two["build_notes"][0]
+    words = shlex.split(two["build_command"])
+    assert two["layout"]["layout"] == "TP2 PP1" and dict(zip(words[3::2], words[4::2], strict=True))["--tp"] == "2"
+    assert any("no `--quant int4_awq` yet" in n for n in two["build_notes"])
 
 
 def test_model_from_config_json(tmp_path, capsys):

@@ -92,14 +92,16 @@ def test_page_updates_as_inputs_change(browser, plan_server):
     page.select_option("#precision", "fp8")
     _settle(page, model="llama-3.1-405b", precision="fp8")
     assert page.inner_text("#verdict").startswith("Fits: TP8 PP1 on 8 × H100 SXM")
-    # ingot build has no --tp or --quant yet: no command, and notes naming the flags TP8 needs.
-    assert "cannot build this plan yet" in page.inner_text("#build-command")
+    # ingot build has --tp but no --quant yet: a TP8 command in bf16, and notes saying what that builds.
+    command = page.inner_text("#build-command")
+    assert command.startswith("ingot build ./Llama-3.1-405B-Instruct -o engines/llama-3.1-405b-bf16-tp8pp1 ")
+    assert " --dtype bf16 --tp 8 " in command and "--pp" not in command
     notes = page.inner_text("#build-notes")
-    assert "needs `--tp 8 --pp 1`" in notes and "nor the plan's `--quant fp8`" in notes
+    assert "no `--quant fp8` yet, so this command builds bf16 weights" in notes and "does not fit TP8 PP1" in notes
     query = page.eval_on_selector("#result", "el => el.dataset.query")
     with urllib.request.urlopen(f"{plan_server}/api/plan?{query}", timeout=10) as response:
         rec = json.loads(response.read())["recommendation"]
-    assert rec["build_command"] is None and notes == "\n".join(rec["build_notes"])
+    assert rec["build_command"] == command and notes == "\n".join(rec["build_notes"])
 
     page.select_option("#gpu", "a100-80gb")
     _settle(page, gpu="a100-80gb", precision="fp8")

@@ -79,20 +79,35 @@ def start_server(engine_dir: Path, log: Path, *extra: str, model: str = "tiny") 
 
 
 @pytest.fixture(scope="session")
-def serve_engine(tmp_path_factory) -> Path:
-    """A tiny random Llama with a long context, so that a stream can run for many seconds, and
-    room for many concurrent requests; prompts stay short (max_input_len 64)."""
-    from ingot.builder.build import build_engine
-    from ingot.config import BuildConfig
+def serve_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Llama with a long context, so that a stream can run for many seconds."""
     from tests.tiny_models import make_checkpoint
 
     checkpoint = tmp_path_factory.mktemp("serve-ckpt")
     make_checkpoint(checkpoint, "LlamaForCausalLM", seed=11, max_position_embeddings=MAX_SEQ_LEN)
-    directory = tmp_path_factory.mktemp("serve-engines") / "tiny"
+    return checkpoint
+
+
+def build_serve_engine(checkpoint: Path, directory: Path, tp: int = 1) -> Path:
+    """Room for many concurrent requests; prompts stay short (max_input_len 64)."""
+    from ingot.builder.build import build_engine
+    from ingot.config import BuildConfig, ParallelConfig
+
     build_engine(str(checkpoint), directory,
                  BuildConfig(dtype="fp32", max_batch_size=32, max_input_len=MAX_INPUT_LEN, max_seq_len=MAX_SEQ_LEN,
-                             max_num_tokens=512, tokens_per_block=8), device="cpu")
+                             max_num_tokens=512, tokens_per_block=8), device="cpu", parallel=ParallelConfig(tp=tp))
     return directory
+
+
+@pytest.fixture(scope="session")
+def serve_engine(serve_checkpoint, tmp_path_factory) -> Path:
+    return build_serve_engine(serve_checkpoint, tmp_path_factory.mktemp("serve-engines") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def serve_engine_tp2(serve_checkpoint, tmp_path_factory) -> Path:
+    """The same model split over two tensor-parallel ranks (two processes, gloo)."""
+    return build_serve_engine(serve_checkpoint, tmp_path_factory.mktemp("serve-engines") / "tiny-tp2", tp=2)
 
 
 @pytest.fixture(scope="session")

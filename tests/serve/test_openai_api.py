@@ -1,5 +1,6 @@
-"""The OpenAI API, through the official client, against a real `ingot serve` of a tiny random model:
-answers equal the in-process engine's, streams equal non-streamed answers, usage adds up."""
+"""The OpenAI API, through the official client, against a real `ingot serve` of a tiny random model,
+on one rank and split over two tensor-parallel ranks: answers equal the in-process (one-rank)
+engine's, streams equal non-streamed answers, usage adds up."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ import pytest
 from ingot import SamplingParams
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module", params=["tp1", "tp2"])
+def server(request, serve_engine, serve_engine_tp2, tmp_path_factory):
+    """The server of this module: one rank, then the same model over two tensor-parallel ranks."""
+    import signal
+
+    from tests.serve.conftest import start_server
+
+    engine = serve_engine if request.param == "tp1" else serve_engine_tp2
+    srv = start_server(engine, tmp_path_factory.mktemp("logs") / f"api-{request.param}.log")
+    yield srv
+    assert srv.stop(signal.SIGTERM) == 0, srv.log.read_text()
 
 
 @pytest.fixture(scope="module")
