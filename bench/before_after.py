@@ -85,6 +85,7 @@ def main() -> int:
     parser.add_argument("--commit", default=None, help="this tree's commit (default: git rev-parse HEAD)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--num-requests", type=int, default=3000)
+    parser.add_argument("--label", default="before-after", help="the records' name suffix")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -107,11 +108,11 @@ def main() -> int:
     tput = {label: throughput_figures(r[steps[2]], limits["matmul_tflops"], hf) for label, r in runs.items()}
     date = header["date"]
     records = {
-        f"{date}-h200-llama8b-latency-b1-before-after.json": {
+        f"{date}-h200-llama8b-latency-b1-{args.label}.json": {
             **header, "isl": 128, "osl": 128, "batch_size": 1, **latency["after"], "build_s": build["after"],
             "before": {**latency["before"], "build_s": build["before"]},
             "after_over_before": round(latency["after"]["decode_tok_s"] / latency["before"]["decode_tok_s"], 4)},
-        f"{date}-h200-llama8b-throughput-128-128-before-after.json": {
+        f"{date}-h200-llama8b-throughput-128-128-{args.label}.json": {
             **header, "isl": 128, "osl": 128, "num_requests": args.num_requests, **tput["after"],
             "before": tput["before"],
             "after_over_before": round(tput["after"]["output_tok_s"] / tput["before"]["output_tok_s"], 4)},
