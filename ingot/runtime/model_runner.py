@@ -38,7 +38,6 @@ class ModelRunner:
         self.model = model
         self.pool = pool
         self.device = device
-        self.graphs = graphs  # CUDA graphs for steps of uniform tokens per sequence, when captured
         # The other ranks of a multi-rank engine (ingot/parallel/launch.py): they run each step's
         # plan on their slices; this process is rank 0, which schedules and samples.
         self.workers = workers
@@ -49,6 +48,15 @@ class ModelRunner:
         self.overlap_min_batch = overlap_min_batch
         self.want_hidden_states = want_hidden_states  # return the sampled positions' hidden states
         self.in_flight: PendingStep | None = None
+
+    @property
+    def graphs(self) -> StepGraphs | None:
+        """CUDA graphs for steps of uniform tokens per sequence, when captured (the stage replays them)."""
+        return self.stage.graphs
+
+    @graphs.setter
+    def graphs(self, graphs: StepGraphs | None) -> None:
+        self.stage.graphs = graphs
 
     # ---- the step ----
 
