@@ -3,8 +3,7 @@
 
 The pool's block count must be the same on every rank (rank 0's allocator hands out block ids
 that index every rank's pool), so each rank sizes its pool from its own memory and layers, and
-all take the smallest (`agree_min`). Graphs are captured in the same order on every rank:
-with tensor parallelism a capture runs the ranks' collectives together.
+all take the smallest (`agree_min`). CUDA graphs are captured for single-rank engines only.
 """
 
 from __future__ import annotations
@@ -53,8 +52,10 @@ def set_up_rank(engine_dir: str | Path, backend: AttentionBackend, device: str |
     pool = KVCachePool(len(layout.layer_ids), pool_plan.num_blocks, build.tokens_per_block, num_kv_heads,
                        cfg.head_dim, dtype, device)
     graphs = None
+    # One rank only: capturing the all-reduces of tensor parallelism (torch.distributed NCCL) in the
+    # graphs hung on two H200s (2026-11-30) and is not used until it is made to work and tested there.
     if not enforce_eager and device.type == "cuda" and backend.supports_cuda_graphs and build.cuda_graph_batch_sizes \
-            and spec.mapping.config.pp == 1:  # pipeline stages run eagerly: their sends are not captured
+            and spec.world_size == 1:
         graphs = StepGraphs(model, backend, pool.layers, build.cuda_graph_batch_sizes, (1,),
                             blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len, device)
         graphs.capture()

@@ -1,4 +1,4 @@
-"""Tensor parallelism on GPUs (NCCL, one GPU per rank, CUDA graphs with the all-reduces inside):
+"""Tensor parallelism on GPUs (NCCL, one GPU per rank; eager: no CUDA graphs with more than one rank):
 a 2-layer model of the Llama-3.1-8B shape split over two GPUs gives what one GPU gives, up to
 bf16 near-ties. Needs two GPUs."""
 
@@ -35,7 +35,6 @@ def test_two_gpus_give_what_one_gives(engines):
     for directory in engines:
         engine = LLMEngine(directory, CacheConfig(max_cache_bytes=2 << 30), device="cuda")
         try:
-            assert engine.runner.graphs is not None, "decode steps replay graphs on every rank"
             requests = [engine.add_request(p, params) for p in prompts]
             while engine.has_unfinished_requests():
                 engine.step()
