@@ -1,6 +1,8 @@
 """Tensor parallelism on GPUs (NCCL, one GPU per rank; eager: no CUDA graphs with more than one rank):
 a 2-layer model of the Llama-3.1-8B shape split over two GPUs gives what one GPU gives, up to
-bf16 near-ties. Needs two GPUs."""
+bf16 near-ties. Each rank's row-parallel output is a bf16 partial sum added in the all-reduce, so
+log-probabilities differ more than between batch sizes on one GPU (seen: 0.062 on two H200s):
+the noise allowed is 0.1. Needs two GPUs."""
 
 from __future__ import annotations
 
@@ -43,5 +45,5 @@ def test_two_gpus_give_what_one_gives(engines):
             engine.shutdown()
     one, two = results
     exact = _diverges_only_at_near_ties(prompts, [r.output_token_ids for r in two], one,
-                                        [r.logprobs for r in two])
+                                        [r.logprobs for r in two], noise=0.1)
     assert exact >= len(prompts) // 2
