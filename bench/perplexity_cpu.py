@@ -67,9 +67,10 @@ def main() -> int:
     full = Path(args.text).read_text(encoding="utf-8")
     text = full[int(len(full) * args.from_fraction):]
     args.out.mkdir(parents=True, exist_ok=True)
+    header = record_header()  # once, before anything runs: the commit of the code measured
     for model in args.models:
         for dtype in args.dtypes:
-            record = {**record_header(), "text": Path(args.text).name, "text_from_fraction": args.from_fraction,
+            record = {**header, "text": Path(args.text).name, "text_from_fraction": args.from_fraction,
                       "text_chars": len(text),
                       **measure(model, dtype, text, args.window, args.stride)}
             name = f"{record['date'][:10]}-cpu-perplexity-hamlet-{model}-{dtype}.json"
