@@ -56,6 +56,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     model_config = model_config_of(hf_config, str(model))
     build_config = build_config.resolved(model_config)
     mapping = ParallelMapping.build(model_config, parallel)
+    make_scheme(quant).check_layout(model_config, mapping.config.tp)
     target = current_device(device)
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
     spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target, mapping=mapping,
@@ -63,9 +64,15 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        stages.write(staging, stages.shard(_engine_tensors(spec, checkpoint), _rank_models(spec)))
         for name, content in (checkpoint.tokenizer_files.items() if checkpoint else ()):
             (staging / name).write_bytes(content)
+        scheme = make_scheme(spec.quant)
+        context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
+        stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint), context),
+                                           _rank_models(spec)))
+        if context is not None:  # engine.json records what the scales were calibrated on
+            spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
+                **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp)
         spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings,
                         build_seconds=time.perf_counter() - started)
@@ -77,15 +84,36 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
 
 
 def _engine_tensors(spec: EngineSpec, checkpoint) -> stages.Tensors:
-    """read -> convert -> check_and_cast -> quantize: the whole model's stored tensors, unsliced."""
+    """read -> convert -> check_and_cast: the whole model's tensors in the model dtype, unsliced
+    (the quantize stage follows)."""
     layout = full_layout(spec)
     if checkpoint is None:
         device = "cuda" if spec.target.kind == "cuda" else "cpu"  # random numbers are fast on a GPU
         tensors = dummy_tensors({name: shape for name, (shape, _) in layout.items()}, torch_dtype(spec.dtype), device)
     else:
         tensors = stages.convert(spec.model, checkpoint.tensors(), spec.source)
-    tensors = stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
-    return make_scheme(spec.quant).quantize(tensors)
+    return stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
+
+
+def _quantize_context(spec: EngineSpec, staging: Path):
+    """Calibration samples for AWQ / GPTQ: windows of --calib-data read with the engine's tokenizer,
+    or random token ids for an engine of random weights."""
+    from ingot.quantization import calibration as calib
+
+    params = spec.quant.params
+    size = int(params.get("calib_size", calib.DEFAULT_CALIB_SIZE))
+    seq_len = int(params.get("calib_seq_len", calib.DEFAULT_CALIB_SEQ_LEN))
+    if spec.load_format == "dummy":
+        samples = calib.random_samples(spec.model.vocab_size, size, seq_len)
+    elif params.get("calib_data"):
+        from ingot.tokenizer import Tokenizer
+
+        samples = calib.text_samples(params["calib_data"], Tokenizer.from_dir(staging), size, seq_len)
+    else:
+        raise ConfigError(f"--quant {spec.quant.method} calibrates on a text: pass --calib-data FILE "
+                          "(a few hundred kB of text like what the model will serve)")
+    device = torch.device("cuda" if spec.target.kind == "cuda" else "cpu")
+    return calib.QuantizeContext(spec, device, samples)
 
 
 def full_layout(spec: EngineSpec) -> stages.Layout:

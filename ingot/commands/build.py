@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ingot.config import BuildConfig
+from ingot.quantization.registry import method_names
 
 HELP = "build an engine from a checkpoint folder, a .gguf file or a preset"
 DESCRIPTION = "Build an engine. MODEL is a Hugging Face folder, a .gguf file, or a shipped preset (smollm2)."
@@ -35,11 +37,26 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
     p.add_argument("--cuda-graph-batch-sizes", type=_int_list, default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
+    p.add_argument("--quant", default="none", choices=list(method_names()),
+                   help="store the block linear layers quantized (int4_*: 4-bit weights, 16-bit activations)")
+    p.add_argument("--group-size", type=int, default=None, help="int4: columns per scale (32, 64 or 128; default 128)")
+    p.add_argument("--act-order", action="store_true", help="int4_gptq: quantize columns by decreasing activity")
+    p.add_argument("--calib-data", default=None, help="int4_awq / int4_gptq: a text file to calibrate on")
+    p.add_argument("--calib-size", type=int, default=None, help="calibration samples (default 128)")
+    p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 512)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: every layer split over N GPUs")
     p.add_argument("--pp", type=int, default=1, help="pipeline stages: the layers split into M runs, one per stage")
     p.add_argument("--pp-layers", type=_int_list, default=None,
                    help="comma-separated layers per pipeline stage (default: as even as possible)")
     return p
+
+
+def _quant_params(args: argparse.Namespace) -> dict:
+    """The --quant method's settings that were given (the method fills its defaults)."""
+    given = {"group_size": args.group_size, "act_order": args.act_order or None,
+             "calib_data": str(Path(args.calib_data).resolve()) if args.calib_data else None,
+             "calib_size": args.calib_size, "calib_seq_len": args.calib_seq_len}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -54,15 +71,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ingot.builder.build import build_engine
-    from ingot.config import ParallelConfig
+    from ingot.config import ParallelConfig, QuantConfig
 
     parallel = ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers)
+    quant = QuantConfig(args.quant, _quant_params(args))
     config = BuildConfig(dtype=args.dtype, max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                          max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
                          tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
     started = time.perf_counter()
     spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format,
-                        parallel=parallel)
+                        parallel=parallel, quant=quant)
     ranks = f", {spec.world_size} ranks (tp {parallel.tp}, pp {parallel.pp})" if spec.world_size > 1 else ""
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
           f"{spec.target.describe()}{ranks}, in {time.perf_counter() - started:.1f} s")

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ingot.parallel.mapping import RankLayout
-from ingot.quantization import QuantScheme, make_scheme
-from ingot.quantization.base import LinearMethod
+from ingot.quantization import make_scheme
+from ingot.quantization.base import LinearMethod, QuantScheme
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ precisions.execution_on notes what a GPU lacks; a layout of several GPUs the par
 express gets no command at all. When an architecture lands in the registry or a flag in that
 parser, the planner prints it.
 
-    ingot build MODEL -o engines/NAME --dtype D [--quant Q] [--kv-cache-dtype K]
-                [--tp T] [--pp P] [--ep E] --max-batch-size B --max-input-len I ...
+    ingot build MODEL -o engines/NAME --dtype D [--quant Q [--calib-data ./calibration.txt]]
+                [--kv-cache-dtype K] [--tp T] [--pp P] [--ep E] --max-batch-size B --max-input-len I ...
 
 --tp, --pp and --ep appear only above 1, their default: a one-GPU command stays short.
 """
@@ -33,6 +33,11 @@ from ingot.plan.shapes import ModelShape
 
 # MODEL when the plan names no checkpoint: an engine directory that records none to rebuild from.
 CHECKPOINT_PLACEHOLDER = "CHECKPOINT_DIR"
+# --calib-data of a calibrating method (AWQ, GPTQ): a text the user puts there first.
+CALIB_FILE = "./calibration.txt"
+# What `ingot build` reads of it by default (--calib-size, --calib-seq-len): the values of
+# ingot/quantization/calibration.py, which imports torch, so they are repeated here.
+CALIB_SIZE, CALIB_SEQ_LEN = 128, 512
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout
         return BuildCommand(None, (unbuildable,))
     flags = BuildFlags(build_parser())
     quant = flags.option("--quant", precision.quant) if precision.quant else []
+    calib = _calibration_words(flags, precision) if quant else []
     parallel, lacking = _parallel_words(flags, layout)
     if lacking:
         return BuildCommand(None, (_no_command_note(precision, layout, gpu, lacking, quant),))
@@ -87,13 +93,31 @@ def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout
     built_kv = kv_dtype if kv or kv_dtype == precision.act_dtype else precision.act_dtype
     dtype, *envelope = _settings(precision, env)
     model, notes = _model_argument(shape)
+    notes += [_calibration_note(precision)] if calib else []
     out = f"engines/{shape.name.lower()}-{built.name}-tp{layout.tp}pp{layout.pp}"
-    words = ["ingot", "build", model, "-o", out, *flags.option(*dtype), *quant, *kv, *parallel,
+    words = ["ingot", "build", model, "-o", out, *flags.option(*dtype), *quant, *calib, *kv, *parallel,
              *(word for setting in envelope for word in flags.option(*setting))]
     notes += _fallback_notes(shape, precision, built, kv_dtype, built_kv, layout, env, gpu)
     notes += [f"`ingot build` has no `{flag} {value}`: the engine takes its default"
               for flag, value in (dtype, *envelope) if not flags.accepts(flag, value)]
     return BuildCommand(shlex.join(words), tuple(notes))
+
+
+def _calibration_words(flags: BuildFlags, precision: Precision) -> list[str]:
+    """--calib-data for a method that calibrates, when the parser takes it. Every printed command
+    reads a real checkpoint (the planner never prints --load-format dummy, under which `ingot
+    build` calibrates on random token ids), and on one such a method refuses to build without it."""
+    return flags.option("--calib-data", CALIB_FILE) if precision.calibrates else []
+
+
+def _calibration_note(precision: Precision) -> str:
+    """What --calib-data needs: the builder reads the first CALIB_SIZE windows of CALIB_SEQ_LEN tokens."""
+    tokens = CALIB_SIZE * CALIB_SEQ_LEN
+    return (f"put a few hundred kB of text like what the model will serve (its language, chat or code) in "
+            f"{CALIB_FILE} first: --quant {precision.quant} fits its scales to what each layer is fed on it; "
+            f"the first part is read, {CALIB_SIZE} samples of {CALIB_SEQ_LEN} tokens by default ({tokens:,} "
+            f"tokens, about {tokens * 4 // 1000} kB of English at ~4 characters a token; --calib-size, "
+            "--calib-seq-len)")
 
 
 def _settings(precision: Precision, env: Envelope) -> list[tuple[str, str]]:

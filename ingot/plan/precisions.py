@@ -12,11 +12,13 @@ from ingot.errors import ConfigError
 from ingot.plan.gpus import GPU
 
 # Scales stored beside the packed weights, as extra bytes per weight:
-#   int4 AWQ/GPTQ: one fp16 scale + one 4-bit zero point per group of 128 -> 2.5 / 128
+#   int4 AWQ/GPTQ: ingot's INT4 layout (ingot/quantization/int4_format.py) keeps, per output row
+#     and group of 128 input columns (`ingot build`'s default --group-size), one scale in the
+#     model dtype (2 bytes in bf16/fp16) and one uint8 zero point (1 byte) -> 3 / 128
 #   NVFP4: one fp8 (E4M3) scale per 16 weights -> 1 / 16
 #   MXFP4: one E8M0 scale per 32 weights -> 1 / 32
 #   fp8 and int8 keep per-tensor or per-channel scales: negligible.
-_INT4_GROUP_OVERHEAD = 2.5 / 128
+_INT4_GROUP_OVERHEAD = (2 + 1) / 128
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Precision:
     quant: str | None  # `ingot build --quant` value; None for a plain dtype
     act_dtype: str  # activations, and the KV cache unless --kv-cache-dtype says otherwise
     about: str
+    # `ingot build` fits the scales to what each layer is fed on a text (--calib-data): AWQ, GPTQ
+    calibrates: bool = False
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
@@ -34,9 +38,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp16", 2.0, "fp16", None, "fp16", "float16 weights and activations"),
     Precision("fp8", 1.0, "fp8", "fp8", "bf16", "FP8 (E4M3) weights and activations, per-tensor scales"),
     Precision("int4_awq", 0.5 + _INT4_GROUP_OVERHEAD, "bf16", "int4_awq", "bf16",
-              "4-bit weights (AWQ, group 128), bf16 activations: weight-only"),
+              "4-bit weights (AWQ, group 128), bf16 activations: weight-only", calibrates=True),
     Precision("int4_gptq", 0.5 + _INT4_GROUP_OVERHEAD, "bf16", "int4_gptq", "bf16",
-              "4-bit weights (GPTQ, group 128), bf16 activations: weight-only"),
+              "4-bit weights (GPTQ, group 128), bf16 activations: weight-only", calibrates=True),
     Precision("w8a8_sq", 1.0, "int8", "w8a8_sq", "bf16", "SmoothQuant INT8 weights and activations"),
     Precision("nvfp4", 0.5 + 1 / 16, "fp4", "nvfp4", "bf16", "NVFP4 (E2M1, fp8 scale per 16) weights and activations"),
     Precision("mxfp4", 0.5 + 1 / 32, "fp4", "mxfp4", "bf16", "MXFP4 (E2M1, E8M0 scale per 32) weights and activations"),

@@ -65,9 +65,15 @@ class QuantScheme(ABC):
     def linear_method(self, prefix: str) -> LinearMethod:
         """The method for the linear layer named `prefix` (a fresh object: methods hold per-layer state)."""
 
-    def quantize(self, tensors: Tensors) -> Tensors:
-        """Builder stage: full-precision engine tensors in, stored tensors out. Default: unchanged."""
+    def quantize(self, tensors: Tensors, context=None) -> Tensors:
+        """Builder stage: full-precision engine tensors in, stored tensors out. Default: unchanged.
+        `context` (ingot/quantization/calibration.py) gives methods that calibrate the model, the
+        calibration text and the build device."""
         return tensors
+
+    def check_layout(self, model, tp: int) -> None:
+        """Refuse (ConfigError naming the numbers) a tensor-parallel split the stored layout cannot take."""
+        return None
 
     def describe(self) -> str:
         """One line for `ingot inspect`."""

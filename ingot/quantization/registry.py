@@ -11,6 +11,9 @@ import importlib
 
 _SCHEMES = {
     "none": ("ingot.quantization.unquantized", "Unquantized"),
+    "int4_rtn": ("ingot.quantization.int4", "Int4Rtn"),
+    "int4_awq": ("ingot.quantization.int4", "Int4Awq"),
+    "int4_gptq": ("ingot.quantization.int4", "Int4Gptq"),
 }
 
 

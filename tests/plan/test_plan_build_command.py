@@ -1,13 +1,15 @@
 """Every `ingot build` command the planner prints parses with the real `ingot build` parser,
 and what that parser lacks becomes a note, not a flag; a model whose architecture `ingot build`
-does not build gets a note and no command (ingot/plan/command.py). The real parser has --tp and
---pp but not yet --quant, --kv-cache-dtype or --ep; a faked future parser adds those it lacks."""
+does not build gets a note and no command (ingot/plan/command.py). The real parser has --tp, --pp
+and --quant (INT4 only), but not yet --kv-cache-dtype or --ep; a faked future parser adds what it
+lacks."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
 import shlex
 
 import pytest
@@ -39,6 +41,11 @@ def _parse(build_command: str, parser: argparse.ArgumentParser) -> argparse.Name
         pytest.fail(f"the planner printed `{build_command}`, which `ingot build` rejects: {error}", pytrace=False)
 
 
+# A small Llama config.json: what --model names when a plan starts from a checkpoint folder.
+_TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "vocab_size": 4096, "hidden_size": 512,
+               "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
+               "num_key_value_heads": 2, "torch_dtype": "bfloat16"}
+
 # The flags later issues add to `ingot build`, as they will take them.
 FUTURE_FLAGS = {
     "--quant": {"choices": ["fp8", "int4_awq", "int4_gptq", "w8a8_sq", "nvfp4", "mxfp4"]},
@@ -51,20 +58,35 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
     return {flag for action in parser._actions for flag in action.option_strings}
 
 
+def _action(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None:
+    return next((action for action in parser._actions if flag in action.option_strings), None)
+
+
 def _future_parser() -> argparse.ArgumentParser:
     """`ingot build` as later issues will make it: the real parser plus each FUTURE_FLAGS entry it
-    still lacks. A flag it has already is its own (adding it again would conflict)."""
+    still lacks. A flag it has already stays its own (adding it again would conflict) and gains
+    only the future choices it lacks (--quant: fp8 and the rest beside its INT4 methods)."""
     parser = make_build_parser()
-    for flag in FUTURE_FLAGS.keys() - _option_strings(parser):
-        parser.add_argument(flag, **FUTURE_FLAGS[flag])
+    for flag, spec in FUTURE_FLAGS.items():
+        real = _action(parser, flag)
+        if real is None:
+            parser.add_argument(flag, **spec)
+        elif real.choices is not None:
+            real.choices = [*real.choices, *(c for c in spec.get("choices", ()) if c not in real.choices)]
     return parser
 
 
-def _parser_with_quant(*choices: str) -> argparse.ArgumentParser:
-    """The real parser with a --quant that offers only `choices`, whether or not it has one."""
+def _parser_with(flag: str, *choices: str) -> argparse.ArgumentParser:
+    """The real parser with its `flag` offering only `choices`."""
     parser = make_build_parser()
-    parser.conflict_handler = "resolve"  # read by add_argument: replace a real --quant, if any
-    parser.add_argument("--quant", choices=list(choices))
+    _action(parser, flag).choices = list(choices)
+    return parser
+
+
+def _parser_without(flag: str) -> argparse.ArgumentParser:
+    """The real parser as it was before `flag` existed."""
+    parser = make_build_parser()
+    parser._handle_conflict_resolve(None, [(flag, _action(parser, flag))])  # argparse's own removal
     return parser
 
 
@@ -191,11 +213,76 @@ def test_a_parser_with_the_flags_gets_them(monkeypatch):
 
 def test_a_flag_without_the_choice_is_not_printed(monkeypatch):
     """--quant exists but does not list fp8: the value is checked, not only the flag."""
-    monkeypatch.setattr(command, "build_parser", lambda: _parser_with_quant("int4_awq"))
+    monkeypatch.setattr(command, "build_parser", lambda: _parser_with("--quant", "int4_awq"))
     fp8 = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)["recommendation"]
     assert "--quant" not in fp8["build_command"] and "no `--quant fp8` yet" in "\n".join(fp8["build_notes"])
     awq = make_plan("llama-3.1-8b", "h100", "int4_awq", num_gpus=1)["recommendation"]
     assert "--quant int4_awq" in awq["build_command"]
+
+
+def _calibration_notes(rec: dict) -> list[str]:
+    return [note for note in rec["build_notes"] if command.CALIB_FILE in note]
+
+
+@pytest.mark.parametrize("precision", ["int4_awq", "int4_gptq"])
+def test_a_calibrating_method_gets_a_calibration_text(precision):
+    """AWQ and GPTQ refuse to build a real checkpoint without --calib-data: the command names a
+    file, and a note says what to put in it."""
+    rec = make_plan("llama-3.1-8b", "h100", precision, num_gpus=1)["recommendation"]
+    assert f" --quant {precision} --calib-data ./calibration.txt --max-batch-size " in rec["build_command"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.quant, args.calib_data, args.calib_size, args.calib_seq_len) == (precision, "./calibration.txt",
+                                                                                  None, None)
+    [note] = _calibration_notes(rec)
+    assert "a few hundred kB of text like what the model will serve" in note
+    assert "128 samples of 512 tokens by default" in note and f"--quant {precision}" in note
+
+
+def test_calibration_defaults_are_the_builders():
+    """The note repeats calibration.py's defaults (the planner cannot import it: it imports torch)."""
+    from ingot.quantization import calibration
+
+    assert (command.CALIB_SIZE, command.CALIB_SEQ_LEN) == (calibration.DEFAULT_CALIB_SIZE,
+                                                           calibration.DEFAULT_CALIB_SEQ_LEN)
+
+
+def test_calibrating_precisions_are_the_methods_that_calibrate():
+    """Precision.calibrates follows the registry's schemes (int4_rtn, not a plan precision, does not)."""
+    from ingot.quantization.registry import method_names, scheme_class
+
+    built = [p for p in PRECISIONS.values() if p.quant in method_names()]
+    assert {p.name for p in built} == {"int4_awq", "int4_gptq"}
+    for precision in built:
+        assert precision.calibrates == getattr(scheme_class(precision.quant), "needs_calibration", False)
+    assert not getattr(scheme_class("int4_rtn"), "needs_calibration", False)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8", "nvfp4"])
+def test_no_calibration_text_for_the_rest(precision):
+    rec = make_plan("llama-3.1-8b", "h100", precision, num_gpus=1)["recommendation"]
+    assert "--calib" not in rec["build_command"] and _calibration_notes(rec) == []
+
+
+def test_no_calibration_text_without_the_flag_or_the_quant(monkeypatch):
+    """--calib-data is checked like every flag, and follows --quant: without either, neither is printed."""
+    monkeypatch.setattr(command, "build_parser", lambda: _parser_without("--calib-data"))
+    rec = make_plan("llama-3.1-8b", "h100", "int4_awq", num_gpus=1)["recommendation"]
+    assert "--quant int4_awq --max-batch-size" in rec["build_command"] and _calibration_notes(rec) == []
+    monkeypatch.setattr(command, "build_parser", lambda: _parser_with("--quant", "int4_gptq"))
+    rec = make_plan("llama-3.1-8b", "h100", "int4_awq", num_gpus=1)["recommendation"]
+    assert "--quant" not in rec["build_command"] and "--calib" not in rec["build_command"]
+    assert _calibration_notes(rec) == []
+
+
+def test_a_config_path_plan_calibrates_too(tmp_path):
+    """A config.json plans its folder as MODEL, a real checkpoint to be (the command has no
+    --load-format dummy), so the calibrating method gets its text there as well."""
+    (tmp_path / "config.json").write_text(json.dumps(_TINY_LLAMA))
+    rec = make_plan(str(tmp_path / "config.json"), "h100", "int4_gptq", num_gpus=1)["recommendation"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.model, args.quant, args.calib_data, args.load_format) == (str(tmp_path), "int4_gptq",
+                                                                           "./calibration.txt", "auto")
+    assert len(_calibration_notes(rec)) == 1
 
 
 @pytest.mark.parametrize("envelope", ENVELOPES)

@@ -86,9 +86,12 @@ def test_build_command_flags_parse_back(capsys):
     words = shlex.split(rec["build_command"])
     flags = dict(zip(words[3::2], words[4::2], strict=True))  # after `ingot build MODEL`
     assert words[:3] == ["ingot", "build", "./Qwen2.5-72B-Instruct"]  # a local folder, not the hub id
-    assert "--quant" not in flags and "--kv-cache-dtype" not in flags and "--tp" not in flags
+    # `ingot build` has --quant int4_awq, which calibrates on a text; not yet --kv-cache-dtype.
+    assert (flags["--quant"], flags["--calib-data"]) == ("int4_awq", "./calibration.txt")
+    assert "--kv-cache-dtype" not in flags and "--tp" not in flags
     notes = "\n".join(rec["build_notes"])
-    assert "no `--quant int4_awq` yet" in notes and "no `--kv-cache-dtype fp8` yet" in notes
+    assert "no `--quant int4_awq` yet" not in notes
+    assert "no `--kv-cache-dtype fp8` yet" in notes and "in ./calibration.txt first" in notes
     build = BuildConfig(dtype=flags["--dtype"], max_batch_size=int(flags["--max-batch-size"]),
                         max_input_len=int(flags["--max-input-len"]), max_seq_len=int(flags["--max-seq-len"]),
                         max_num_tokens=int(flags["--max-num-tokens"]))
@@ -96,8 +99,9 @@ def test_build_command_flags_parse_back(capsys):
     two = _json_plan(capsys, "--model", "qwen2.5-72b", "--gpu", "h200", "--precision", "int4_awq",
                      "--isl", "4096", "--osl", "1024", "--batch", "32", "--num-gpus", "2")["recommendation"]
     words = shlex.split(two["build_command"])
-    assert two["layout"]["layout"] == "TP2 PP1" and dict(zip(words[3::2], words[4::2], strict=True))["--tp"] == "2"
-    assert any("no `--quant int4_awq` yet" in n for n in two["build_notes"])
+    flags = dict(zip(words[3::2], words[4::2], strict=True))
+    assert two["layout"]["layout"] == "TP2 PP1" and (flags["--tp"], flags["--quant"]) == ("2", "int4_awq")
+    assert not any("no `--quant int4_awq` yet" in n for n in two["build_notes"])
 
 
 def test_model_from_config_json(tmp_path, capsys):

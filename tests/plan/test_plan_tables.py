@@ -42,6 +42,7 @@ def test_h100_sxm_row():
 
 def test_precision_bytes():
     assert PRECISIONS["bf16"].weight_bytes == 2 and PRECISIONS["fp8"].weight_bytes == 1
-    assert 0.5 < PRECISIONS["int4_awq"].weight_bytes < 0.53  # 4 bits + fp16 scale/zero per 128
+    # 4 bits + a bf16 scale (2 bytes) and a uint8 zero point (1 byte) per group of 128: ingot's INT4 layout
+    assert PRECISIONS["int4_awq"].weight_bytes == PRECISIONS["int4_gptq"].weight_bytes == 0.5 + 3 / 128 == 0.5234375
     assert PRECISIONS["nvfp4"].weight_bytes == 0.5625  # 4 bits + fp8 scale per 16
     assert PRECISIONS["mxfp4"].weight_bytes == 0.53125  # 4 bits + E8M0 scale per 32

@@ -1,0 +1,25 @@
+"""The INT4 weight-only GEMM compiled on the GPU against dequantize-then-matmul, bf16 and fp16,
+decode and prefill sizes of the Llama-3.1-8B shapes, with and without split-K."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ingot.kernels.w4a16 import W4A16Config, w4a16_gemm
+from ingot.quantization.int4_format import dequantize, round_to_nearest
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 7, 16, 64])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (57, 200)])
+@pytest.mark.parametrize("split_k", [1, 4])
+def test_matches_dequantize_then_matmul(dtype, m, n, k, split_k):
+    torch.manual_seed(m + n + k)
+    qweight, scales, zeros = (t.cuda() for t in round_to_nearest(torch.randn(n, k), 128, dtype))
+    x = torch.randn(m, k, dtype=dtype, device="cuda")
+    out = w4a16_gemm(x, qweight, scales, zeros, 128, None, W4A16Config(16, 64, 64, 4, 3, split_k))
+    reference = x.double() @ dequantize(qweight, scales, zeros, k, 128, torch.float64).T
+    assert ((out.double() - reference).norm() / reference.norm()).item() < 1e-2
