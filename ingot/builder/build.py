@@ -17,6 +17,8 @@ import torch
 
 from ingot.builder import stages
 from ingot.builder.checkpoint import load_checkpoint
+from ingot.builder.quantized_checkpoints import detect as detect_quantized
+from ingot.builder.quantized_checkpoints import import_tensors as import_quantized
 from ingot.builder.dummy import dummy_tensors, read_config_json
 from ingot.builder.tuning import tune_tactics
 from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig
@@ -54,6 +56,12 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     checkpoint = None if load_format == "dummy" else load_checkpoint(model)
     hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
     model_config = model_config_of(hf_config, str(model))
+    imported = detect_quantized(hf_config, str(model)) if checkpoint is not None else None
+    if imported is not None:
+        if quant.method != "none":
+            raise ConfigError(f"{model} is quantized already ({imported.name}, group {imported.group_size}); "
+                              f"build it without --quant {quant.method}: ingot reads its 4-bit weights as they are")
+        quant = QuantConfig("int4_checkpoint", imported.quant_params())
     build_config = build_config.resolved(model_config)
     mapping = ParallelMapping.build(model_config, parallel)
     make_scheme(quant).check_layout(model_config, mapping.config.tp)
@@ -68,7 +76,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
             (staging / name).write_bytes(content)
         scheme = make_scheme(spec.quant)
         context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
-        stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint), context),
+        stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
                                            _rank_models(spec)))
         if context is not None:  # engine.json records what the scales were calibrated on
             spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
@@ -83,15 +91,18 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     return spec
 
 
-def _engine_tensors(spec: EngineSpec, checkpoint) -> stages.Tensors:
-    """read -> convert -> check_and_cast: the whole model's tensors in the model dtype, unsliced
-    (the quantize stage follows)."""
-    layout = full_layout(spec)
+def _engine_tensors(spec: EngineSpec, checkpoint, imported=None) -> stages.Tensors:
+    """read -> convert -> check_and_cast: the whole model's tensors, unsliced, in the model dtype
+    (the quantize stage follows), or, from a checkpoint quantized already, in ingot's INT4 layout."""
+    layout = full_layout(spec, quantized=imported is not None)
     if checkpoint is None:
         device = "cuda" if spec.target.kind == "cuda" else "cpu"  # random numbers are fast on a GPU
         tensors = dummy_tensors({name: shape for name, (shape, _) in layout.items()}, torch_dtype(spec.dtype), device)
     else:
-        tensors = stages.convert(spec.model, checkpoint.tensors(), spec.source)
+        source_tensors = checkpoint.tensors()
+        if imported is not None:
+            source_tensors = import_quantized(imported, source_tensors)
+        tensors = stages.convert(spec.model, source_tensors, spec.source)
     return stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
 
 
@@ -116,9 +127,11 @@ def _quantize_context(spec: EngineSpec, staging: Path):
     return calib.QuantizeContext(spec, device, samples)
 
 
-def full_layout(spec: EngineSpec) -> stages.Layout:
-    """Engine name -> (shape, dtype) of every tensor of the whole, unquantized model (single rank)."""
-    single = EngineSpec(spec.model, spec.build, spec.dtype, spec.target, ParallelMapping.build(spec.model))
+def full_layout(spec: EngineSpec, quantized: bool = False) -> stages.Layout:
+    """Engine name -> (shape, dtype) of every tensor of the whole model (single rank): unquantized,
+    or as the engine's quantization stores it."""
+    single = EngineSpec(spec.model, spec.build, spec.dtype, spec.target, ParallelMapping.build(spec.model),
+                        quant=spec.quant if quantized else QuantConfig())
     model = create_model(single, _meta_backend())
     return {name: (tuple(p.shape), p.dtype) for name, p in model.state_dict().items()}
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ingot.config import BuildConfig
-from ingot.quantization.registry import method_names
+from ingot.quantization.registry import build_choices
 
 HELP = "build an engine from a checkpoint folder, a .gguf file or a preset"
 DESCRIPTION = "Build an engine. MODEL is a Hugging Face folder, a .gguf file, or a shipped preset (smollm2)."
@@ -37,8 +37,9 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
     p.add_argument("--cuda-graph-batch-sizes", type=_int_list, default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
-    p.add_argument("--quant", default="none", choices=list(method_names()),
-                   help="store the block linear layers quantized (int4_*: 4-bit weights, 16-bit activations)")
+    p.add_argument("--quant", default="none", choices=list(build_choices()),
+                   help="store the block linear layers quantized (int4_*: 4-bit weights, 16-bit activations); "
+                        "a checkpoint quantized already (AutoAWQ, GPTQ, compressed-tensors) is read as it is")
     p.add_argument("--group-size", type=int, default=None, help="int4: columns per scale (32, 64 or 128; default 128)")
     p.add_argument("--act-order", action="store_true", help="int4_gptq: quantize columns by decreasing activity")
     p.add_argument("--calib-data", default=None, help="int4_awq / int4_gptq: a text file to calibrate on")

@@ -78,6 +78,23 @@ class Int4Rtn(Int4Scheme):
                 yield name, tensor
 
 
+class Int4Checkpoint(Int4Scheme):
+    """A checkpoint that was quantized elsewhere (AutoAWQ, GPTQ, compressed-tensors): the builder
+    reads its tensors into ingot's layout (ingot/builder/quantized_checkpoints.py); nothing to do here."""
+
+    name = "int4_checkpoint"
+    imports = True
+
+    def linear_method(self, prefix: str) -> LinearMethod:
+        method = super().linear_method(prefix)
+        if isinstance(method, Int4LinearMethod):
+            method.act_order = bool(self.params.get("act_order"))
+        return method
+
+    def describe(self) -> str:
+        return super().describe().replace(self.name, f"{self.name} (from {self.params.get('imported_from')})", 1)
+
+
 class _Calibrated(Int4Scheme):
     """AWQ and GPTQ: quantize block by block on calibration samples (calibration.py), the blocks
     before as already quantized; the model runs in float32 on the build device for the search."""

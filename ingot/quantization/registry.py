@@ -14,11 +14,18 @@ _SCHEMES = {
     "int4_rtn": ("ingot.quantization.int4", "Int4Rtn"),
     "int4_awq": ("ingot.quantization.int4", "Int4Awq"),
     "int4_gptq": ("ingot.quantization.int4", "Int4Gptq"),
+    # set by the builder for a checkpoint quantized elsewhere; not a --quant choice
+    "int4_checkpoint": ("ingot.quantization.int4", "Int4Checkpoint"),
 }
 
 
 def method_names() -> tuple[str, ...]:
     return tuple(_SCHEMES)
+
+
+def build_choices() -> tuple[str, ...]:
+    """What `ingot build --quant` offers: every method but the one checkpoints bring with them."""
+    return tuple(name for name in _SCHEMES if name != "int4_checkpoint")
 
 
 def scheme_class(method: str):
