@@ -330,6 +330,45 @@ class QuantConfig:
         return cls(data.get("method", "none"), dict(data.get("params") or {}), data.get("kv_cache_dtype", "auto"))
 
 
+SPECULATIVE_MODES = ("ngram",)
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding, frozen into engine.json: a proposer suggests up to max_draft_len tokens
+    per decoding request and the target model verifies them in one step (ingot/speculative/)."""
+
+    mode: str | None = None  # None: off; "ngram": prompt lookup
+    max_draft_len: int = 4
+    ngram_min: int = 2  # ngram: the shortest suffix that may be matched
+    ngram_max: int = 4  # and the longest (tried first)
+    # Speculate only while at most this many requests run: verifying drafts costs compute that a
+    # large batch no longer has spare (a stated threshold, not measured per engine).
+    max_batch: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.mode is None or self.mode in SPECULATIVE_MODES,
+                 f"speculative config: mode={self.mode!r} is unknown; use one of {', '.join(SPECULATIVE_MODES)}")
+        _require(1 <= self.max_draft_len <= 7,
+                 f"speculative config: max_draft_len={self.max_draft_len} must be in [1, 7] (a verify step of "
+                 "1 + drafts tokens per sequence runs in the decode kernel, which takes up to 8)")
+        _require(1 <= self.ngram_min <= self.ngram_max,
+                 f"speculative config: ngram_min={self.ngram_min} and ngram_max={self.ngram_max} must satisfy "
+                 "1 <= ngram_min <= ngram_max")
+        _require(self.max_batch >= 1, f"speculative config: max_batch={self.max_batch} must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "SpeculativeConfig":
+        return cls(**(data or {}))
+
+
 CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
 
 
@@ -361,4 +400,4 @@ class SchedulerConfig:
 
 
 __all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "ParallelConfig",
-           "QuantConfig", "KV_CACHE_DTYPES", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]
+           "QuantConfig", "KV_CACHE_DTYPES", "SpeculativeConfig", "SPECULATIVE_MODES", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingot.config import BuildConfig, ModelConfig, QuantConfig
+from ingot.config import BuildConfig, ModelConfig, QuantConfig, SpeculativeConfig
 from ingot.errors import EngineError
 from ingot.parallel.mapping import ParallelMapping
 
@@ -84,6 +84,7 @@ class EngineSpec:
     target: TargetDevice
     mapping: ParallelMapping
     quant: QuantConfig = field(default_factory=QuantConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
     load_format: str = "auto"  # "dummy": random weights at the model's shapes, no tokenizer
@@ -105,6 +106,7 @@ class EngineSpec:
             "target": {"kind": self.target.kind, "name": self.target.name,
                        "capability": self.target.capability},
             "quantization": self.quant.to_dict(),
+            "speculative": self.speculative.to_dict(),
             "parallel": self.mapping.to_dict(),
             "weights": [rank_file(r.rank) for r in self.mapping.ranks],
             "versions": self.versions,
@@ -124,6 +126,7 @@ class EngineSpec:
             target=TargetDevice(**data["target"]),
             mapping=ParallelMapping.from_dict(data["parallel"]),
             quant=QuantConfig.from_dict(data["quantization"]),
+            speculative=SpeculativeConfig.from_dict(data.get("speculative")),
             versions=data.get("versions", {}),
             source=data.get("source", ""),
             load_format=data.get("load_format", "auto"),

@@ -39,6 +39,9 @@ class SamplingParams:
     # Score the prompt: for every prompt position after the first, the log-probability of the
     # actual token and of this many top alternatives (None: do not score; 0: the actual token only).
     prompt_logprobs: int | None = None
+    # With an engine built for speculative decoding: let its proposer draft tokens for this request
+    # (the output is the same either way; False opts out, e.g. for latency-insensitive batch jobs).
+    speculative: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

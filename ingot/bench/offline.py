@@ -143,7 +143,18 @@ def _common(engine, args) -> dict:
     return {"engine": args.engine, "model": spec.model.architecture, "dtype": spec.dtype,
             "device": spec.target.describe(), "attention_backend": engine.attention_backend,
             "isl": args.isl, "osl": args.osl, "policy": args.policy,
-            "kv_cache_tokens": engine.pool_plan.num_tokens}
+            "kv_cache_tokens": engine.pool_plan.num_tokens, **_speculation(engine)}
+
+
+def _speculation(engine) -> dict:
+    """What speculation did over the run (warm-up included), when the engine speculates."""
+    config, stats = engine.spec.speculative, engine.stats
+    if not config.enabled:
+        return {}
+    return {"speculative": config.mode, "max_draft_len": config.max_draft_len,
+            "draft_acceptance_rate": round(stats.draft_acceptance_rate, 4),
+            "mean_accepted_length": round(stats.mean_accepted_length, 3),
+            "draft_seconds": round(stats.draft_seconds_total, 4)}
 
 
 def _report(result: dict, json_path: str | None) -> int:

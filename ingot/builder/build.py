@@ -21,7 +21,7 @@ from ingot.builder.quantized_checkpoints import detect as detect_quantized
 from ingot.builder.quantized_checkpoints import import_tensors as import_quantized
 from ingot.builder.dummy import dummy_tensors, read_config_json
 from ingot.builder.tuning import tune_tactics
-from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig
+from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig, SpeculativeConfig
 from ingot.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions, torch_dtype,
                                  write_spec)
 from ingot.errors import CheckpointError, ConfigError, EngineError
@@ -43,10 +43,10 @@ def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> st
 
 def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig | None = None,
                  device: str | None = None, load_format: str = "auto", parallel: ParallelConfig | None = None,
-                 quant: QuantConfig | None = None) -> EngineSpec:
+                 quant: QuantConfig | None = None, speculative: SpeculativeConfig | None = None) -> EngineSpec:
     """Build MODEL (checkpoint folder, .gguf file or preset name; with load_format="dummy", a
     config.json whose shapes get random weights) into output_dir, one weight file per rank of
-    `parallel`, stored as `quant` says."""
+    `parallel`, stored as `quant` says, drafting as `speculative` says."""
     started = time.perf_counter()
     build_config, quant = build_config or BuildConfig(), quant or QuantConfig()
     output_dir = Path(output_dir)
@@ -68,7 +68,8 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     target = current_device(device)
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
     spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target, mapping=mapping,
-                      quant=quant, versions=software_versions(), source=str(model), load_format=load_format)
+                      quant=quant, speculative=speculative or SpeculativeConfig(), versions=software_versions(),
+                      source=str(model), load_format=load_format)
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:

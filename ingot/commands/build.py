@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ingot.config import BuildConfig
+from ingot.config import SPECULATIVE_MODES, BuildConfig
 from ingot.quantization.registry import build_choices
 
 HELP = "build an engine from a checkpoint folder, a .gguf file or a preset"
@@ -45,6 +45,9 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--calib-data", default=None, help="int4_awq / int4_gptq: a text file to calibrate on")
     p.add_argument("--calib-size", type=int, default=None, help="calibration samples (default 128)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 512)")
+    p.add_argument("--speculative", default=None, choices=list(SPECULATIVE_MODES),
+                   help="speculative decoding: ngram drafts from the request's own tokens (prompt lookup)")
+    p.add_argument("--max-draft-len", type=int, default=4, help="tokens a proposer may draft per step (1-7)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: every layer split over N GPUs")
     p.add_argument("--pp", type=int, default=1, help="pipeline stages: the layers split into M runs, one per stage")
     p.add_argument("--pp-layers", type=_int_list, default=None,
@@ -72,7 +75,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ingot.builder.build import build_engine
-    from ingot.config import ParallelConfig, QuantConfig
+    from ingot.config import ParallelConfig, QuantConfig, SpeculativeConfig
 
     parallel = ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers)
     quant = QuantConfig(args.quant, _quant_params(args))
@@ -80,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
                          max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
                          tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
     started = time.perf_counter()
+    speculative = SpeculativeConfig(args.speculative, args.max_draft_len)
     spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format,
-                        parallel=parallel, quant=quant)
+                        parallel=parallel, quant=quant, speculative=speculative)
     ranks = f", {spec.world_size} ranks (tp {parallel.tp}, pp {parallel.pp})" if spec.world_size > 1 else ""
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
           f"{spec.target.describe()}{ranks}, in {time.perf_counter() - started:.1f} s")

@@ -56,6 +56,7 @@ def describe(spec, files: dict[str, dict]) -> list[str]:
         f"envelope       max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, "
         f"max_seq_len {b.max_seq_len}, max_num_tokens {b.max_num_tokens}, tokens_per_block {b.tokens_per_block}",
         *describe_mapping(spec.mapping),
+        f"speculative    {_describe_speculative(spec.speculative)}",
         *(f"weights        {name}: {len(f['tensors'])} tensors, {f['bytes'] / 2**20:.1f} MiB" for name, f in files.items()),
         f"software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
         f"weights from   {'random (--load-format dummy), no tokenizer' if spec.load_format == 'dummy' else spec.source}",
@@ -68,6 +69,13 @@ def _describe_quant(quant) -> str:
 
     params = ", ".join(f"{k}={v}" for k, v in quant.params.items())
     return f"{make_scheme(quant).describe()}{f' ({params})' if params else ''}; KV cache {quant.kv_cache_dtype}"
+
+
+def _describe_speculative(config) -> str:
+    if not config.enabled:
+        return "off"
+    return (f"{config.mode}: up to {config.max_draft_len} draft tokens a step (n-grams of {config.ngram_min}-"
+            f"{config.ngram_max}) while at most {config.max_batch} requests run")
 
 
 def describe_mapping(mapping) -> list[str]:

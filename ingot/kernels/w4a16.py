@@ -66,9 +66,12 @@ def _w4a16_kernel(x_ptr, qw_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, k_per_sp
         a = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + kk[None, :],
                     mask=(rows[:, None] < M) & k_ok[None, :], other=0.0)
         col_ok = cols < N
-        words = tl.load(qw_ptr + cols.to(tl.int64)[:, None] * stride_qn + (kk // 8)[None, :],
-                        mask=col_ok[:, None] & k_ok[None, :], other=0)  # (BN, BK): a word per column
-        codes = (words >> ((kk % 8) * 4)[None, :]) & 0xF
+        # each word once: (BN, BK / 8) words -> (BN, BK / 8, 8) nibbles -> (BN, BK), k = word * 8 + nibble
+        wk = k0 // 8 + tl.arange(0, BK // 8)
+        words = tl.load(qw_ptr + cols.to(tl.int64)[:, None] * stride_qn + wk[None, :],
+                        mask=col_ok[:, None] & (wk < (k_end + 7) // 8)[None, :], other=0)
+        nibbles = (words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF
+        codes = tl.reshape(nibbles, (BN, BK))
         group = k0 // G
         scale = tl.load(scale_ptr + cols.to(tl.int64) * stride_sn + group, mask=col_ok, other=0.0)
         zero = tl.load(zero_ptr + cols.to(tl.int64) * stride_zn + group, mask=col_ok, other=0)
@@ -108,6 +111,8 @@ def _check(x, qweight, scales, zeros, group_size, config, k, n) -> None:
     check_shape(zeros, "zeros", (n, groups))
     if zeros.dtype != torch.uint8:
         raise ValueError(f"zeros: dtype {zeros.dtype}, expected torch.uint8")
+    if config.block_k < 16:
+        raise ValueError(f"block_k {config.block_k} must be at least 16: a K tile is whole 8-code words, a power of two")
     if group_size % config.block_k:
         raise ValueError(f"block_k {config.block_k} must divide the group size {group_size}: a K tile reads one group")
     for name, t in (("x", x), ("qweight", qweight), ("scales", scales), ("zeros", zeros)):

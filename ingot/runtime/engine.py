@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from ingot.runtime.scheduler import Scheduler
 from ingot.runtime.stats import EngineStats
 from ingot.runtime.stopping import apply_stop_conditions, output_of
 from ingot.sampling_params import SamplingParams
+from ingot.speculative import make_proposer
 from ingot.tokenizer import Tokenizer
 
 logger = logging.getLogger("ingot")
@@ -92,9 +94,11 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.pool, self.device, parts.graphs, async_output=async_output,
                                   overlap_min_batch=OVERLAP_MIN_BATCH if self.device.type == "cuda" else 1,
                                   workers=self.workers)
+        self.proposer = make_proposer(self.spec.speculative)  # None unless built with --speculative
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0}
+        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0,
+                        "verify_steps": 0, "draft_seconds": 0.0}
         self.stats = self._snapshot(0)
 
     def _start_workers(self, cache_config: CacheConfig, device: str | None, enforce_eager: bool):
@@ -165,11 +169,11 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> Request | None:
         """Stop a request and free its KV blocks at once; returns it (None if unknown or done)."""
-        request = self.requests.pop(request_id, None)
+        request = self.requests.get(request_id)
         if request is not None and not request.is_finished:
             request.drop_placeholder()
             request.finish_reason = "abort"
-            self.scheduler.finish(request)
+            self._retire(request)
             self.stats = self._snapshot(self.stats.tokens_scheduled)  # freed blocks show at once
         return request
 
@@ -186,12 +190,28 @@ class LLMEngine:
         """One engine step: schedule -> execute -> update. Returns the outputs of the requests that
         produced tokens (or finished) in this step; with the overlap (ModelRunner), a decode step's
         tokens arrive one step later, while the GPU computes the next."""
+        self._propose()
         step = self.scheduler.schedule()
         outputs = []
         for result in self.runner.execute(step):
             outputs += self._update(result)
         self.stats = self._snapshot(step.total_tokens)
         return outputs
+
+    def _propose(self) -> None:
+        """Draft tokens for the decoding requests, while the batch is small enough to gain from them."""
+        running = self.scheduler.running
+        if self.proposer is not None and len(running) <= self.spec.speculative.max_batch:
+            started = time.perf_counter()
+            self.proposer.propose_for(running)
+            self._totals["draft_seconds"] += time.perf_counter() - started
+
+    def _retire(self, request: Request) -> None:
+        """A request left (finished or aborted): free its blocks and forget it everywhere."""
+        self.scheduler.finish(request)
+        self.requests.pop(request.request_id, None)
+        if self.proposer is not None:
+            self.proposer.forget(request)
 
     def has_unfinished_requests(self) -> bool:
         return self.runner.in_flight is not None or self.scheduler.has_unfinished()
@@ -215,8 +235,7 @@ class LLMEngine:
 
     def _finish_prompt_only(self, request: Request) -> RequestOutput:
         request.finish_reason = "length"
-        self.scheduler.finish(request)
-        self.requests.pop(request.request_id, None)
+        self._retire(request)
         return output_of(request, "", [])
 
     def _accept(self, sampled: SampledTokens) -> RequestOutput:
@@ -225,6 +244,7 @@ class LLMEngine:
         self.kv.rewind(request, sampled.num_rejected)
         self._totals["drafts"] += sampled.num_drafts
         self._totals["accepted"] += sampled.num_drafts - sampled.num_rejected
+        self._totals["verify_steps"] += sampled.num_drafts > 0
         delta_text, delta_ids = "", []
         for i, token in enumerate(sampled.token_ids):
             request.append_token(token)
@@ -237,8 +257,7 @@ class LLMEngine:
                 break
         self.kv.publish_accepted(request)
         if request.finish_reason is not None:
-            self.scheduler.finish(request)  # its blocks are reused only by later launches: stream order
-            self.requests.pop(request.request_id, None)
+            self._retire(request)  # its blocks are reused only by later launches: stream order
         return output_of(request, delta_text, delta_ids)
 
     def _snapshot(self, tokens_scheduled: int) -> EngineStats:
@@ -251,4 +270,5 @@ class LLMEngine:
             prompt_tokens_total=self._totals["prompt"], prompt_tokens_computed_total=self._totals["prompt_computed"],
             generation_tokens_total=self._totals["generated"], prefix_cache_queries=counters.prefix_queries,
             prefix_cache_hits=counters.prefix_hits, draft_tokens_total=self._totals["drafts"],
-            accepted_draft_tokens_total=self._totals["accepted"])
+            accepted_draft_tokens_total=self._totals["accepted"], verify_steps_total=self._totals["verify_steps"],
+            draft_seconds_total=self._totals["draft_seconds"])

@@ -28,7 +28,7 @@ from ingot.runtime.overlap import PendingStep
 from ingot.runtime.records import PromptScores, RunnerOutput, SampledTokens, SchedulerOutput
 from ingot.runtime.step_inputs import HostInputs, block_table_array, host_inputs
 from ingot.sampling_params import SamplingParams
-from ingot.speculative.verify import num_accepted
+from ingot.speculative.verify import emitted_tokens
 
 
 class ModelRunner:
@@ -173,11 +173,11 @@ class ModelRunner:
         out, first = [], 0
         for s in sampling:
             targets = result.token_ids[first:first + s.num_sampled]
-            accepted = num_accepted(s.draft_tokens, targets)
+            tokens = emitted_tokens(s.draft_tokens, targets)
             logprobs = None
             if s.request.params.logprobs is not None:
-                logprobs = [_logprob_entry(targets[i], result, first + i) for i in range(accepted + 1)]
-            out.append(SampledTokens(s.request, targets[: accepted + 1], logprobs, len(s.draft_tokens) - accepted))
+                logprobs = [_logprob_entry(token, result, first + i) for i, token in enumerate(tokens)]
+            out.append(SampledTokens(s.request, tokens, logprobs, len(s.draft_tokens) + 1 - len(tokens)))
             first += s.num_sampled
         return out
 

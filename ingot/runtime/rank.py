@@ -56,7 +56,9 @@ def set_up_rank(engine_dir: str | Path, backend: AttentionBackend, device: str |
     # graphs hung on two H200s (2026-11-30) and is not used until it is made to work and tested there.
     if not enforce_eager and device.type == "cuda" and backend.supports_cuda_graphs and build.cuda_graph_batch_sizes \
             and spec.world_size == 1:
-        graphs = StepGraphs(model, backend, pool.layers, build.cuda_graph_batch_sizes, (1,),
+        speculative = spec.speculative
+        verify = (1 + speculative.max_draft_len,) if speculative.enabled else ()  # a step verifying full drafts
+        graphs = StepGraphs(model, backend, pool.layers, build.cuda_graph_batch_sizes, (1, *verify),
                             blocks_needed(build.max_seq_len, build.tokens_per_block), build.max_seq_len, device)
         graphs.capture()
     return RankParts(spec, model, device, pool_plan, pool, graphs)

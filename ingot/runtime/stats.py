@@ -22,6 +22,8 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of which found
     draft_tokens_total: int = 0  # speculative draft tokens verified
     accepted_draft_tokens_total: int = 0  # of which accepted
+    verify_steps_total: int = 0  # request-steps that verified at least one draft
+    draft_seconds_total: float = 0.0  # time spent proposing drafts (the host-side overhead of speculating)
 
     @property
     def kv_blocks_free(self) -> int:
@@ -39,6 +41,12 @@ class EngineStats:
     def draft_acceptance_rate(self) -> float:
         return self.accepted_draft_tokens_total / self.draft_tokens_total if self.draft_tokens_total else 0.0
 
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens a request gets from a step that verifies drafts: the accepted drafts and the target's own."""
+        return 1 + self.accepted_draft_tokens_total / self.verify_steps_total if self.verify_steps_total else 0.0
+
     def to_dict(self) -> dict:
         return {**asdict(self), "kv_blocks_free": self.kv_blocks_free, "kv_usage": self.kv_usage,
-                "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "draft_acceptance_rate": self.draft_acceptance_rate}
+                "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "draft_acceptance_rate": self.draft_acceptance_rate,
+                "mean_accepted_length": self.mean_accepted_length}

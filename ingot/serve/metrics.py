@@ -120,6 +120,18 @@ def _engine_lines(stats) -> list[str]:
          "counter"),
         ("ingot_num_preemptions_total", "Requests preempted to free KV blocks.", stats.preempted_total, "counter"),
         ("ingot_engine_steps_total", "Engine steps run.", stats.num_steps, "counter"),
+        ("ingot_spec_decode_draft_tokens_total", "Speculative draft tokens verified.", stats.draft_tokens_total,
+         "counter"),
+        ("ingot_spec_decode_accepted_tokens_total", "Speculative draft tokens accepted.",
+         stats.accepted_draft_tokens_total, "counter"),
+        ("ingot_spec_decode_verify_steps_total", "Request-steps that verified at least one draft token.",
+         stats.verify_steps_total, "counter"),
+        ("ingot_spec_decode_acceptance_rate", "Accepted / verified draft tokens since start.",
+         stats.draft_acceptance_rate, "gauge"),
+        ("ingot_spec_decode_mean_accepted_length", "Tokens a request gets per step that verifies drafts.",
+         stats.mean_accepted_length, "gauge"),
+        ("ingot_spec_decode_draft_seconds_total", "Time spent proposing draft tokens.", stats.draft_seconds_total,
+         "counter"),
     )
     lines = []
     for name, help, value, kind in rows:

@@ -23,10 +23,10 @@ q in the rule; that arrives with such a proposer.)
 from __future__ import annotations
 
 
-def num_accepted(drafts: list[int], targets: list[int]) -> int:
-    """a: the length of the longest prefix of drafts equal to the targets (len(targets) = len(drafts) + 1)."""
+def emitted_tokens(drafts: list[int], targets: list[int]) -> list[int]:
+    """d_1 .. d_a, t_a: the accepted drafts and the target's token after them (len(targets) = len(drafts) + 1)."""
     assert len(targets) == len(drafts) + 1, (len(drafts), len(targets))
     accepted = 0
     while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
         accepted += 1
-    return accepted
+    return drafts[:accepted] + [targets[accepted]]
