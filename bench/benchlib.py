@@ -51,3 +51,22 @@ def median_cuda_seconds(fn, iters: int = 20, warmup: int = 1) -> float:
     """Median seconds per call of fn, timed by CUDA events, after warm-up calls."""
     times = sorted(cuda_seconds(fn, iters, warmup))
     return times[len(times) // 2]
+
+
+def graph_seconds(fn, calls: int = 20, replays: int = 10) -> float:
+    """GPU seconds per call of fn, launch overhead excluded: `calls` calls captured in one CUDA
+    graph (as the engine's decode steps are), the median of `replays` replays, divided by calls."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # compile, autotune, allocate outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return median_cuda_seconds(graph.replay, replays, 2) / calls

@@ -45,6 +45,18 @@ def decode_step_bytes(hf: dict, batch: int, mean_context: float, dtype_bytes: in
     return parts
 
 
+def int4_decode_step_bytes(hf: dict, batch: int, mean_context: float, group_size: int, dtype_bytes: int = 2) -> dict:
+    """decode_step_bytes for an INT4 weight-only engine: the decoder blocks' linear weights as 4-bit
+    codes plus a scale (model dtype) and a uint8 zero point per group of each output row; the lm_head,
+    norms, embedding rows and KV cache as in the model dtype."""
+    s = shape(hf)
+    parts = decode_step_bytes(hf, batch, mean_context, dtype_bytes)
+    block = block_linear_params(hf)
+    parts["linear_weights"] = block // 2 + (block // group_size) * (dtype_bytes + 1) + s["vocab"] * s["hidden"] * dtype_bytes
+    parts["total"] = sum(v for k, v in parts.items() if k != "total")
+    return parts
+
+
 def decode_mean_context(isl: int, osl: int) -> float:
     """Mean context a decode step attends over: the steps that make tokens 2..osl see isl+1 .. isl+osl-1."""
     return isl + osl / 2

@@ -11,6 +11,9 @@ costs, and what drafts of a given quality buy at batch 1.
    wrong one with probability 1 - q: per-step acceptance then follows q, and the decode speed at
    batch 1, ISL/OSL 128/128 is measured per q. The output must equal the plain run's (checked).
    This bounds what a proposer of that quality gains on this card; it is not a real proposer's figure.
+   With random weights the logits are nearly flat, so a verify step's bf16 rounding (its GEMMs have
+   1 + K rows) flips greedy near-ties: a run may leave the plain run's continuation, after which its
+   oracle drafts are wrong. Each run records its acceptance and whether its output equals the plain run's.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def verify_cost(engine, batch: int, steps: int = 60) -> dict:
             "ratio_to_plain": {k: s / result[0] for k, s in result.items()}}
 
 
-def oracle(engine, keeps=(1.0, 0.9, 0.7, 0.5, 0.0), osl: int = 128, runs: int = 3) -> dict:
+def oracle(engine, keeps=(1.0, 0.9, 0.7, 0.5, 0.0), osl: int = 128, runs_per_keep: int = 5) -> dict:
     from ingot.sampling_params import SamplingParams
 
     params = SamplingParams(max_tokens=osl, temperature=0.0, ignore_eos=True)
@@ -114,28 +117,27 @@ def oracle(engine, keeps=(1.0, 0.9, 0.7, 0.5, 0.0), osl: int = 128, runs: int = 
             engine.step()
         return request, (osl - 1) / (time.perf_counter() - started)
 
-    engine.stats  # noqa: B018  (warm-up below compiles nothing new: graphs are captured at load)
     truth, plain = {}, []
-    for seed in range(runs + 1):
+    for seed in range(runs_per_keep + 1):
         request, tok_s = decode(None, seed)
         truth[seed] = request.output_token_ids
         plain.append(tok_s)
-    plain_tok_s = max(plain[1:])  # the first run is warm-up
+    plain_tok_s = sorted(plain[1:])[len(plain) // 2 - 1]  # the median; the first run is warm-up
     result = {"plain_decode_tok_s": plain_tok_s, "by_keep": {}}
     for keep in keeps:
-        speeds, exact, before = [], True, dict(engine._totals)
-        for seed in range(1, runs + 1):
+        runs = []
+        for seed in range(1, runs_per_keep + 1):
+            before = dict(engine._totals)
             source = (lambda s: lambda request: truth[s][request.num_output_tokens:])(seed)
             request, tok_s = decode(Drafts(MAX_DRAFT, source, keep, seed), seed)
-            speeds.append(tok_s)
-            exact &= request.output_token_ids == truth[seed]
-        drafts = engine._totals["drafts"] - before["drafts"]
-        accepted = engine._totals["accepted"] - before["accepted"]
-        verify_steps = engine._totals["verify_steps"] - before["verify_steps"]
-        result["by_keep"][keep] = {"decode_tok_s": max(speeds), "speedup": max(speeds) / plain_tok_s,
-                                   "acceptance_rate": accepted / max(drafts, 1),
-                                   "mean_accepted_length": 1 + accepted / max(verify_steps, 1),
-                                   "output_equals_plain": exact}
+            drafts = engine._totals["drafts"] - before["drafts"]
+            accepted = engine._totals["accepted"] - before["accepted"]
+            verify_steps = engine._totals["verify_steps"] - before["verify_steps"]
+            runs.append({"decode_tok_s": tok_s, "acceptance_rate": accepted / max(drafts, 1),
+                         "mean_accepted_length": 1 + accepted / max(verify_steps, 1),
+                         "output_equals_plain": request.output_token_ids == truth[seed]})
+        median = sorted(runs, key=lambda r: r["decode_tok_s"])[len(runs) // 2]
+        result["by_keep"][keep] = {"median_speedup": median["decode_tok_s"] / plain_tok_s, "runs": runs}
     engine.proposer = None
     return result
 

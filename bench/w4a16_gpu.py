@@ -1,6 +1,7 @@
-"""The W4A16 GEMM on the Llama-3.1-8B linear shapes (random INT4 weights, group 128, bf16 activations):
-ingot's Triton kernel (a sweep of its tiles; the best per shape and M is what a build should pick)
-against cuBLAS on the bf16 weight, torch's tinygemm (`torch._weight_int4pack_mm`) and gemlite 0.6.0
+"""The W4A16 GEMM on the Llama-3.1-8B linear shapes (random INT4 weights, group 128, bf16 activations),
+every kernel timed inside a CUDA graph as decode runs (benchlib.graph_seconds; launch overhead,
+which dominated a first eager timing, is excluded): ingot's Triton kernel (a sweep of its tiles;
+the best per shape and M is what a build should pick) against cuBLAS on the bf16 weight, torch's tinygemm (`torch._weight_int4pack_mm`) and gemlite 0.6.0
 (A16W4, its H100 configs) on the same card, with the same-run copy and matmul ceilings.
 
     python bench/w4a16_gpu.py --out DIR       (gemlite from a carried wheel when importable)
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchlib import median_cuda_seconds, record_header, write_record
+from benchlib import graph_seconds, record_header, write_record
 from gpu_llama8b import CONFIG, ceilings
 
 GROUP = 128
@@ -87,11 +88,10 @@ def measure_shape(name: str, n: int, k: int) -> list[dict]:
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
         reference = (x.double() @ dense.double().T)
         row = {"layer": name, "n": n, "k": k, "m": m, "int4_bytes": int4_bytes(n, k, m), "bf16_bytes": 2 * n * k}
-        row["cublas_bf16_s"] = median_cuda_seconds(lambda: F.linear(x, dense), 50, 3)
+        row["cublas_bf16_s"] = graph_seconds(lambda: F.linear(x, dense))
         default = _decode_config(m, k, GROUP)
         row["ingot_default"] = default.name
-        row["ingot_default_s"] = median_cuda_seconds(lambda: w4a16_gemm(x, qweight, scales, zeros, GROUP, None, default),
-                                                     50, 3)
+        row["ingot_default_s"] = graph_seconds(lambda: w4a16_gemm(x, qweight, scales, zeros, GROUP, None, default))
         timings = []
         for config in sweep_configs():
             try:
@@ -99,8 +99,8 @@ def measure_shape(name: str, n: int, k: int) -> list[dict]:
                 error = ((out.double() - reference).norm() / reference.norm()).item()
                 if error > 1e-2:
                     continue
-                timings.append((median_cuda_seconds(lambda: w4a16_gemm(x, qweight, scales, zeros, GROUP, None, config),
-                                                    30, 2), config.name))
+                timings.append((graph_seconds(lambda: w4a16_gemm(x, qweight, scales, zeros, GROUP, None, config), 10, 5),
+                                config.name))
             except Exception:  # a tile that does not compile on this card (shared memory) is skipped
                 continue
         best_s, best_name = min(timings)
@@ -112,7 +112,7 @@ def measure_shape(name: str, n: int, k: int) -> list[dict]:
             try:
                 out = peer(x)
                 row[f"{peer_name}_rel_error"] = ((out.double() - reference).norm() / reference.norm()).item()
-                row[f"{peer_name}_s"] = median_cuda_seconds(lambda: peer(x), 50, 3)
+                row[f"{peer_name}_s"] = graph_seconds(lambda: peer(x))
             except Exception as exc:
                 row[f"{peer_name}_error"] = repr(exc)[:300]
         rows.append(row)

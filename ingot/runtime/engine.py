@@ -38,6 +38,7 @@ from ingot.runtime.stats import EngineStats
 from ingot.runtime.stopping import apply_stop_conditions, output_of
 from ingot.sampling_params import SamplingParams
 from ingot.speculative import make_proposer
+from ingot.speculative.base import fill_drafts
 from ingot.tokenizer import Tokenizer
 
 logger = logging.getLogger("ingot")
@@ -95,6 +96,9 @@ class LLMEngine:
                                   overlap_min_batch=OVERLAP_MIN_BATCH if self.device.type == "cuda" else 1,
                                   workers=self.workers)
         self.proposer = make_proposer(self.spec.speculative)  # None unless built with --speculative
+        graphs, draft_len = self.runner.graphs, self.spec.speculative.max_draft_len
+        # with verify graphs captured, drafts are filled to their length (fill_drafts says why)
+        self.fill_drafts_to = draft_len if graphs is not None and 1 + draft_len in graphs.tokens_per_seq else 0
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0,
@@ -204,6 +208,8 @@ class LLMEngine:
         if self.proposer is not None and len(running) <= self.spec.speculative.max_batch:
             started = time.perf_counter()
             self.proposer.propose_for(running)
+            if self.fill_drafts_to:
+                fill_drafts(running, self.fill_drafts_to)
             self._totals["draft_seconds"] += time.perf_counter() - started
 
     def _retire(self, request: Request) -> None:

@@ -54,3 +54,24 @@ def test_the_runtime_cache_drafts_what_an_earlier_request_produced():
     assert proposer.propose(Request("f", [3, 4], SamplingParams())) == []
     proposer.forget(Request("never-proposed", [3, 4, 5], SamplingParams()))
     assert list(proposer.finished) == ["d", "e"], "only requests the proposer saw are cached"
+
+
+def _decoding(request_id: str, tokens: list[int], drafts: list[int]) -> Request:
+    request = Request(request_id, tokens, SamplingParams())
+    request.num_computed_tokens = request.num_tokens - 1
+    request.draft_tokens = list(drafts)
+    return request
+
+
+def test_drafts_are_filled_to_the_graph_length_only_in_pure_decode_steps_that_draft():
+    from ingot.speculative.base import fill_drafts
+
+    a, b = _decoding("a", [1, 2, 3], [4, 5]), _decoding("b", [7, 8], [])
+    fill_drafts([a, b], 4)
+    assert a.draft_tokens == [4, 5, 5, 5] and b.draft_tokens == [8, 8, 8, 8]
+    c, d = _decoding("c", [1, 2], []), _decoding("d", [3, 4], [])
+    fill_drafts([c, d], 4)
+    assert c.draft_tokens == [] and d.draft_tokens == [], "nobody drafted: a plain decode step"
+    e, prefilling = _decoding("e", [1, 2], [9]), Request("f", [5, 6, 7], SamplingParams())
+    fill_drafts([e, prefilling], 4)
+    assert e.draft_tokens == [9], "a step with a prompt in it runs eagerly: filling would only cost"
