@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,7 +19,10 @@ def record_header(device: str | None = None) -> dict:
     cpu = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {
         "device": device or cpu,
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        # the GPU machine receives the working tree without this checkout's git state: the caller
+        # commits first and passes the commit it sent as INGOT_COMMIT
+        "commit": os.environ.get("INGOT_COMMIT")
+        or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -36,11 +36,16 @@ def layer_shapes(hf: dict) -> dict[str, tuple[int, int]]:
     return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * inter, h), "down": (h, inter)}
 
 
-def sweep_configs():
+def sweep_configs(m: int):
+    """GEMV tiles for M <= 4, tl.dot tiles with block_m the smallest power of two >= M (16 at least)."""
     from ingot.kernels.w4a16 import W4A16Config
 
-    for bn, bk, split, warps, stages in itertools.product((32, 64, 128), (64, 128), (1, 2, 4, 8, 16), (4, 8), (3, 4)):
-        yield W4A16Config(16, bn, bk, warps, stages, split)
+    if m <= 4:
+        for bn, bk, warps, stages, split in itertools.product((16, 32, 64), (128, 256), (2, 4), (2, 3), (1, 2, 4, 8)):
+            yield W4A16Config(1, bn, bk, warps, stages, split)
+    bm = max(16, 1 << (m - 1).bit_length())
+    for bn, bk, stages, split in itertools.product((64, 128), (128, 256), (3, 4), (1, 2, 4, 8)):
+        yield W4A16Config(bm, bn, bk, 4, stages, split)
 
 
 def int4_bytes(n: int, k: int, m: int) -> int:
@@ -93,7 +98,7 @@ def measure_shape(name: str, n: int, k: int) -> list[dict]:
         row["ingot_default"] = default.name
         row["ingot_default_s"] = graph_seconds(lambda: w4a16_gemm(x, qweight, scales, zeros, GROUP, None, default))
         timings = []
-        for config in sweep_configs():
+        for config in sweep_configs(m):
             try:
                 out = w4a16_gemm(x, qweight, scales, zeros, GROUP, None, config)
                 error = ((out.double() - reference).norm() / reference.norm()).item()

@@ -67,8 +67,12 @@ FUSED_MAX_TOKENS = 64
 
 
 def _decode_config(m: int, k: int, group_size: int):
-    """Tiles for decode-sized M: split K so that few (M, N) tiles still fill the GPU."""
+    """Tiles for decode-sized M: GEMV for one row, tl.dot tiles above; split K so that few (M, N)
+    tiles still fill the GPU."""
     from ingot.kernels.w4a16 import W4A16Config
 
-    return W4A16Config(block_m=16, block_n=64, block_k=min(group_size, 64), num_warps=4, num_stages=3,
-                       split_k=4 if m <= 16 and k >= 2048 else 1)
+    split = 4 if m <= 16 and k >= 2048 else 1
+    if m == 1:
+        return W4A16Config(block_m=1, block_n=32, block_k=128, num_warps=4, num_stages=3, split_k=split)
+    return W4A16Config(block_m=16 if m <= 16 else 64, block_n=64, block_k=128, num_warps=4, num_stages=3,
+                       split_k=split)

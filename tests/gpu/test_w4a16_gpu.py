@@ -16,10 +16,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.parametrize("m", [1, 7, 16, 64])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (57, 200)])
 @pytest.mark.parametrize("split_k", [1, 4])
-def test_matches_dequantize_then_matmul(dtype, m, n, k, split_k):
+@pytest.mark.parametrize("gemv", [False, True])
+def test_matches_dequantize_then_matmul(dtype, m, n, k, split_k, gemv):
     torch.manual_seed(m + n + k)
     qweight, scales, zeros = (t.cuda() for t in round_to_nearest(torch.randn(n, k), 128, dtype))
     x = torch.randn(m, k, dtype=dtype, device="cuda")
-    out = w4a16_gemm(x, qweight, scales, zeros, 128, None, W4A16Config(16, 64, 64, 4, 3, split_k))
+    out = w4a16_gemm(x, qweight, scales, zeros, 128, None, W4A16Config(1 if gemv else 16, 64, 128, 4, 3, split_k))
     reference = x.double() @ dequantize(qweight, scales, zeros, k, 128, torch.float64).T
     assert ((out.double() - reference).norm() / reference.norm()).item() < 1e-2
