@@ -82,7 +82,8 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
         if context is not None:  # engine.json records what the scales were calibrated on
             spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
                 **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
-        tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp)
+        tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp,
+                                               scheme.group_size if quant.method.startswith("int4") else None)
         spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings,
                         build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine

@@ -22,12 +22,23 @@ def token_buckets(build: BuildConfig) -> list[int]:
 
 
 def tune_tactics(model: ModelConfig, build: BuildConfig, dtype: torch.dtype, target,
-                 tp_size: int = 1) -> tuple[dict, dict]:
+                 tp_size: int = 1, int4_group_size: int | None = None) -> tuple[dict, dict]:
     """(tactics {gemm: {bucket: tactic}}, timings {gemm: {bucket: {tactic: us}}}) for one rank's
-    GEMM shapes; empty on CPU."""
+    GEMM shapes; empty on CPU. In an INT4 engine (int4_group_size given) the block linears get
+    W4A16 tiles (ingot/tactics/int4_tuning.py) and the lm_head, kept in the model dtype, a dense tactic."""
     if target.kind != "cuda":
         return {}, {}
-    from ingot.tactics.gemm_tuning import tune_gemms_with_timings
+    from ingot.tactics.gemm_tuning import GEMM_NAMES, gemm_shapes, tune_gemms_with_timings
 
-    return tune_gemms_with_timings(model, dtype, token_buckets(build), device="cuda",
-                                   time_budget_s=TUNING_BUDGET_S, tp_size=tp_size)
+    buckets = token_buckets(build)
+    if int4_group_size is None:
+        return tune_gemms_with_timings(model, dtype, buckets, device="cuda", time_budget_s=TUNING_BUDGET_S,
+                                       tp_size=tp_size)
+    from ingot.tactics.int4_tuning import INT4_GEMMS, tune_int4_gemms
+
+    shapes = {name: shape for name, shape in gemm_shapes(model, tp_size).items() if name in INT4_GEMMS}
+    tactics, timings = tune_int4_gemms(shapes, int4_group_size, dtype, buckets, TUNING_BUDGET_S)
+    dense = tuple(name for name in GEMM_NAMES if name not in INT4_GEMMS)
+    dense_tactics, dense_timings = tune_gemms_with_timings(model, dtype, buckets, device="cuda",
+                                                           time_budget_s=TUNING_BUDGET_S, tp_size=tp_size, names=dense)
+    return {**tactics, **dense_tactics}, {**timings, **dense_timings}

@@ -6,8 +6,9 @@ stored in ingot's INT4 layout (int4_format.py) and multiplied with activations i
     CUDA, M <= 64 tokens   the fused W4A16 Triton kernel (ingot/kernels/w4a16.py): the 4-bit codes
                            are read and dequantized in registers, split over K for decode-sized M
     CUDA, larger M         dequantize to the model dtype, then cuBLAS (prefill is compute-bound)
-The M threshold and the kernel's tiles are fixed defaults until they are tuned per shape at build
-(the GEMM tactics' way) on the GPU.
+The tiles, and where dequantize-then-cuBLAS takes over, are chosen per layer shape and token
+count at build on the GPU (ingot/tactics/int4_tuning.py); an engine without a table uses the
+defaults of _decode_config up to FUSED_MAX_TOKENS.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Int4LinearMethod(LinearMethod):
         self.act_order = act_order
         self.in_features = 0
         self.dequantized: torch.Tensor | None = None  # CPU: the weight in the model dtype, made once
+        self.tactics: list[tuple[int, object]] | None = None  # (bucket, W4A16Config or None = dequantize)
 
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype) -> None:
         self.in_features = in_features
@@ -55,24 +57,44 @@ class Int4LinearMethod(LinearMethod):
             return F.linear(x, self.dequantized, bias)
         if self.act_order:
             x = x.index_select(-1, layer.perm.long())
-        if x.is_cuda and x.shape[0] <= FUSED_MAX_TOKENS:
-            from ingot.kernels.w4a16 import w4a16_gemm
+        if x.is_cuda:
+            config = self._config_for(x.shape[0])
+            if config is not None:
+                from ingot.kernels.w4a16 import w4a16_gemm
 
-            return w4a16_gemm(x, layer.qweight, layer.scales, layer.zeros, self.group_size, bias,
-                              _decode_config(x.shape[0], self.in_features, self.group_size))
+                return w4a16_gemm(x, layer.qweight, layer.scales, layer.zeros, self.group_size, bias, config)
         return F.linear(x, self.weight(layer), bias)
+
+    def set_tactics(self, table: dict[str, str] | None) -> None:
+        """The build's table {str(M bucket): W4A16 config name or "dequant"} for this layer's shape."""
+        if not table:
+            self.tactics = None
+            return
+        from ingot.kernels.w4a16 import W4A16Config
+        from ingot.tactics.int4_tuning import DEQUANT
+
+        self.tactics = sorted((int(m), None if name == DEQUANT else W4A16Config.parse(name)) for m, name in table.items())
+
+    def _config_for(self, m: int):
+        """The tiles for M tokens, None to dequantize and call cuBLAS."""
+        if self.tactics is None:
+            return _decode_config(m, self.in_features, self.group_size) if m <= FUSED_MAX_TOKENS else None
+        for bucket, config in self.tactics:
+            if m <= bucket:
+                return config
+        return self.tactics[-1][1]
 
 
 FUSED_MAX_TOKENS = 64
 
 
 def _decode_config(m: int, k: int, group_size: int):
-    """Tiles for decode-sized M: GEMV for one row, tl.dot tiles above; split K so that few (M, N)
-    tiles still fill the GPU."""
+    """Untuned tiles for decode-sized M (engines built without a GPU table): the winners of the
+    H200 sweep on Llama-3.1-8B shapes (bench/w4a16_gpu.py), GEMV for one row, split K 8 ways."""
     from ingot.kernels.w4a16 import W4A16Config
 
-    split = 4 if m <= 16 and k >= 2048 else 1
+    split = 8 if k >= 2048 else 1
     if m == 1:
-        return W4A16Config(block_m=1, block_n=32, block_k=128, num_warps=4, num_stages=3, split_k=split)
-    return W4A16Config(block_m=16 if m <= 16 else 64, block_n=64, block_k=128, num_warps=4, num_stages=3,
+        return W4A16Config(block_m=1, block_n=64, block_k=128, num_warps=2, num_stages=2, split_k=split)
+    return W4A16Config(block_m=16 if m <= 16 else 64, block_n=128, block_k=128, num_warps=4, num_stages=3,
                        split_k=split)

@@ -41,7 +41,7 @@ def tune_gemms(model_config, dtype: torch.dtype, batch_buckets: list[int], devic
 
 def tune_gemms_with_timings(model_config, dtype: torch.dtype, batch_buckets: list[int], device="cuda",
                             candidates: list[str] | None = None, time_budget_s: float = 30.0,
-                            tp_size: int = 1) -> tuple[Table, Timings]:
+                            tp_size: int = 1, names: tuple[str, ...] = GEMM_NAMES) -> tuple[Table, Timings]:
     """Time every candidate for every GEMM of one rank at every M in batch_buckets, on random
     weights of the real shape (median device time, CUDA events); return the winners and the
     timings in microseconds. Compiling the Triton configs counts against time_budget_s; once it
@@ -71,7 +71,7 @@ def tune_gemms_with_timings(model_config, dtype: torch.dtype, batch_buckets: lis
         return benches[name].time_us(linear_fn(tactic))
 
     budget_left = time_budget_s - (time.monotonic() - start)
-    result = run_tuning(list(GEMM_NAMES), batch_buckets, candidates_for, measure, budget_left)
+    result = run_tuning(list(names), batch_buckets, candidates_for, measure, budget_left)
     benches.clear()
     torch.cuda.empty_cache()
     return result

@@ -82,3 +82,44 @@ class GemmBench:
             fn(x, ws[i % len(ws)], None)
             event.record()
         return (time.perf_counter() - t0) * 1e6 / calls
+
+
+class Int4Bench(GemmBench):
+    """GemmBench for INT4 weight-only GEMMs: each weight is (qweight, scales, zeros) in ingot's INT4
+    layout (round-to-nearest codes of a random matrix), the reference its dequantized matrix."""
+
+    def __init__(self, n: int, k: int, group_size: int, dtype: torch.dtype, device: torch.device):
+        from ingot.quantization.int4_format import dequantize, round_to_nearest
+
+        self.device = torch.device(device)
+        props = torch.cuda.get_device_properties(self.device)
+        copies = min(8, max(1, math.ceil(3 * props.L2_cache_size / (n * k // 2))))
+        first = torch.randn(n, k, device=self.device).mul_(k ** -0.5).to(dtype)
+        packed = round_to_nearest(first, group_size, dtype)
+        self.weights = [packed] + [tuple(t.clone() for t in packed) for _ in range(copies - 1)]
+        self.dense = dequantize(*packed, k, group_size, dtype)
+        self.dtype, self.k = dtype, k
+        self._cycles_per_us = props.clock_rate / 1000 if hasattr(props, "clock_rate") else 2000.0
+        self._x: torch.Tensor | None = None
+        self._ref: torch.Tensor | None = None
+
+    def set_batch(self, m: int) -> None:
+        self._x = torch.randn(m, self.k, device=self.device).to(self.dtype)
+        self._ref = F.linear(self._x.float(), self.dense.float())
+
+
+def int4_linear_fn(tactic: str, group_size: int) -> Callable:
+    """fn(x, (qweight, scales, zeros), bias) for an INT4 tactic (ingot/tactics/int4_tuning.py)."""
+    from ingot.tactics.int4_tuning import DEQUANT
+
+    if tactic == DEQUANT:
+        from ingot.quantization.int4_format import dequantize
+
+        def dequantized(x, weight, bias=None):
+            qweight, scales, zeros = weight
+            return F.linear(x, dequantize(qweight, scales, zeros, x.shape[1], group_size, x.dtype), bias)
+        return dequantized
+    from ingot.kernels.w4a16 import W4A16Config, w4a16_gemm
+
+    config = W4A16Config.parse(tactic)
+    return lambda x, weight, bias=None: w4a16_gemm(x, *weight, group_size, bias, config)
