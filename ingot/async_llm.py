@@ -27,8 +27,8 @@ from ingot.sampling_params import SamplingParams
 
 class AsyncLLM:
     def __init__(self, engine_dir: str | Path, cache: CacheConfig | None = None, device: str | None = None,
-                 engine: LLMEngine | None = None) -> None:
-        self.engine = engine or LLMEngine(engine_dir, cache, device=device)
+                 engine: LLMEngine | None = None, draft_engine: str | Path | None = None) -> None:
+        self.engine = engine or LLMEngine(engine_dir, cache, device=device, draft_engine=draft_engine)
         self.tokenizer = self.engine.tokenizer
         self.spec = self.engine.spec
         self._loop = EngineLoop(self.engine)

@@ -330,7 +330,7 @@ class QuantConfig:
         return cls(data.get("method", "none"), dict(data.get("params") or {}), data.get("kv_cache_dtype", "auto"))
 
 
-SPECULATIVE_MODES = ("ngram",)
+SPECULATIVE_MODES = ("ngram", "draft_target")
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ class SpeculativeConfig:
     """Speculative decoding, frozen into engine.json: a proposer suggests up to max_draft_len tokens
     per decoding request and the target model verifies them in one step (ingot/speculative/)."""
 
-    mode: str | None = None  # None: off; "ngram": prompt lookup
+    mode: str | None = None  # None: off; "ngram": prompt lookup; "draft_target": a draft engine (given at run time)
     max_draft_len: int = 4
     ngram_min: int = 2  # ngram: the shortest suffix that may be matched
     ngram_max: int = 4  # and the longest (tried first)

@@ -30,11 +30,12 @@ class LLM:
     builds one into the cache directory first (once; later calls reuse it)."""
 
     def __init__(self, model: str | Path, build: BuildConfig | None = None, cache: CacheConfig | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, draft_engine: str | Path | None = None) -> None:
         engine_dir = Path(model)
         if not (engine_dir / ENGINE_JSON).is_file():
             engine_dir = ensure_engine(str(model), build or BuildConfig(), device)
-        self.engine = LLMEngine(engine_dir, cache, device=device)
+        # draft_engine: the draft model's engine, for a target built with --speculative draft_target
+        self.engine = LLMEngine(engine_dir, cache, device=device, draft_engine=draft_engine)
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None,

@@ -30,6 +30,8 @@ def register(sub) -> None:
         p.add_argument("--isl", type=int, default=128, help="input (prompt) length in tokens")
         p.add_argument("--osl", type=int, default=128, help="output length in tokens")
         p.add_argument("--device", default=None)
+        p.add_argument("--draft-engine", default=None, metavar="DIR",
+                       help="the draft model's engine, for a target built with --speculative draft_target")
         p.add_argument("--attention-backend", default=None, choices=["torch", "triton"],
                        help="default: triton on CUDA, torch on CPU")
         p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
@@ -71,7 +73,7 @@ def open_engine(args):
                         enable_prefix_caching=False)
     return LLMEngine(args.engine, cache, device=args.device, attention_backend=args.attention_backend or "auto",
                      scheduler_config=SchedulerConfig.for_engine(spec.build, args.policy),
-                     enforce_eager=args.enforce_eager)
+                     enforce_eager=args.enforce_eager, draft_engine=args.draft_engine)
 
 
 def run_throughput(args: argparse.Namespace) -> int:

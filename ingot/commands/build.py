@@ -46,7 +46,8 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=None, help="calibration samples (default 128)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 512)")
     p.add_argument("--speculative", default=None, choices=list(SPECULATIVE_MODES),
-                   help="speculative decoding: ngram drafts from the request's own tokens (prompt lookup)")
+                   help="speculative decoding: ngram (prompt lookup: drafts from the request's own tokens and "
+                        "finished ones) or draft_target (a smaller model's engine drafts; --draft-engine DIR at run time)")
     p.add_argument("--max-draft-len", type=int, default=4, help="tokens a proposer may draft per step (1-7)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: every layer split over N GPUs")
     p.add_argument("--pp", type=int, default=1, help="pipeline stages: the layers split into M runs, one per stage")

@@ -58,7 +58,7 @@ def describe(spec, files: dict[str, dict]) -> list[str]:
         *describe_mapping(spec.mapping),
         f"speculative    {_describe_speculative(spec.speculative)}",
         *(f"weights        {name}: {len(f['tensors'])} tensors, {f['bytes'] / 2**20:.1f} MiB" for name, f in files.items()),
-        f"software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
+        "software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
         f"weights from   {'random (--load-format dummy), no tokenizer' if spec.load_format == 'dummy' else spec.source}",
         *describe_tactics(spec),
     ]
@@ -74,8 +74,10 @@ def _describe_quant(quant) -> str:
 def _describe_speculative(config) -> str:
     if not config.enabled:
         return "off"
-    return (f"{config.mode}: up to {config.max_draft_len} draft tokens a step (n-grams of {config.ngram_min}-"
-            f"{config.ngram_max}) while at most {config.max_batch} requests run")
+    source = (f"n-grams of {config.ngram_min}-{config.ngram_max}" if config.mode == "ngram"
+              else "from the draft engine given at run time, --draft-engine DIR")
+    return (f"{config.mode}: up to {config.max_draft_len} draft tokens a step ({source}) while at most "
+            f"{config.max_batch} requests run")
 
 
 def describe_mapping(mapping) -> list[str]:

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default=None)
+    p.add_argument("--draft-engine", default=None, metavar="DIR",
+                   help="the draft model's engine, for a target built with --speculative draft_target")
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                             seed=args.seed, stop=args.stop)
-    llm = LLM(engine_or_build(args.engine, args.device), device=args.device)
+    llm = LLM(engine_or_build(args.engine, args.device), device=args.device, draft_engine=args.draft_engine)
     prompt = args.prompt
     if args.chat is not None:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])

@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="S",
                    help="on SIGINT/SIGTERM, give open requests S seconds to finish before aborting them")
     p.add_argument("--device", default=None)
+    p.add_argument("--draft-engine", default=None, metavar="DIR",
+                   help="the draft model's engine, for a target built with --speculative draft_target")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -31,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-queue {args.max_queue} must be >= 1")
     return serve(engine_or_build(args.engine, args.device), host=args.host, port=args.port, api_key=args.api_key,
                  served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
-                 log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)
+                 log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine)

@@ -61,15 +61,19 @@ class LLMEngine:
     def __init__(self, engine_dir: str | Path, cache_config: CacheConfig | None = None,
                  device: str | None = None, attention_backend: str = "auto",
                  scheduler_config: SchedulerConfig | None = None, enforce_eager: bool = False,
-                 async_output: bool | None = None) -> None:
+                 async_output: bool | None = None, draft_engine: str | Path | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         if envs.num_cpu_threads():
             torch.set_num_threads(envs.num_cpu_threads())
         self.attention_backend = resolve_backend(attention_backend, device)
         self.backend = get_backend(self.attention_backend)
         cache_config = cache_config or CacheConfig()
-        self.workers = self._start_workers(cache_config, device, enforce_eager)
+        self.workers, self.proposer = None, None
         try:
+            # None unless built with --speculative; a draft engine loads first, taking its share of memory
+            spec = read_spec(self.engine_dir)
+            self.proposer = make_proposer(spec.speculative, self.engine_dir, draft_engine, device, spec)
+            self.workers = self._start_workers(cache_config, device, enforce_eager)
             parts = set_up_rank(engine_dir, self.backend, device, cache_config, enforce_eager, 0,
                                 self.workers.agree_min if self.workers else (lambda n: n))
         except BaseException:
@@ -95,7 +99,6 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.pool, self.device, parts.graphs, async_output=async_output,
                                   overlap_min_batch=OVERLAP_MIN_BATCH if self.device.type == "cuda" else 1,
                                   workers=self.workers)
-        self.proposer = make_proposer(self.spec.speculative)  # None unless built with --speculative
         graphs, draft_len = self.runner.graphs, self.spec.speculative.max_draft_len
         # with verify graphs captured, drafts are filled to their length (fill_drafts says why)
         self.fill_drafts_to = draft_len if graphs is not None and 1 + draft_len in graphs.tokens_per_seq else 0
@@ -118,10 +121,12 @@ class LLMEngine:
         return workers
 
     def shutdown(self) -> None:
-        """Stop the worker processes of a multi-rank engine (nothing to do with one rank)."""
+        """Stop the worker processes of a multi-rank engine and a draft engine's (nothing to do with one rank)."""
         if getattr(self, "workers", None) is not None:
             self.workers.shutdown()
             self.workers = None
+        if getattr(self, "proposer", None) is not None:
+            self.proposer.shutdown()
 
     # ---- requests ----
 

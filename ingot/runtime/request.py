@@ -59,6 +59,14 @@ class Request:
         self.token_ids.append(token)
         self._output_ids.append(token)
 
+    def truncate(self, num_tokens: int) -> None:
+        """Keep the first num_tokens tokens (a draft model's mirror dropping guesses the target
+        rejected); the prompt is never cut, and the KV of dropped tokens is the caller's to rewind."""
+        assert self.num_prompt_tokens <= num_tokens <= self.num_tokens, (num_tokens, self.num_tokens)
+        assert self.num_computed_tokens <= num_tokens, "rewind the KV of the dropped tokens first"
+        del self.token_ids[num_tokens:]
+        del self._output_ids[num_tokens - self.num_prompt_tokens:]
+
     def drop_placeholder(self) -> None:
         """Take off the placeholder of a step in flight (see runtime/overlap.py): it was read back,
         or the request was aborted and it never will be."""

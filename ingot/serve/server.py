@@ -20,14 +20,14 @@ WATCHDOG_INTERVAL_S = 0.5
 
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
-          log_level: str = "info", shutdown_timeout: float = 5.0) -> int:
+          log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None) -> int:
     import uvicorn
 
     from ingot.async_llm import AsyncLLM
     from ingot.serve.app import ServerState, build_app
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    llm = AsyncLLM(engine_dir, device=device)
+    llm = AsyncLLM(engine_dir, device=device, draft_engine=draft_engine)
     try:
         name = served_model_name or Path(engine_dir).resolve().name
         app = build_app(ServerState(llm, name, api_key=api_key, max_queue=max_queue))

@@ -33,6 +33,10 @@ class Proposer(ABC):
         """The request left (finished or aborted): drop what was kept for it."""
         return None
 
+    def shutdown(self) -> None:
+        """The engine shuts down: release what the proposer holds (a draft engine's workers)."""
+        return None
+
 
 def fill_drafts(requests: list[Request], length: int) -> None:
     """Make a step of drafting requests one that a captured CUDA graph can replay.

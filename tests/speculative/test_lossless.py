@@ -28,7 +28,7 @@ def _engine(engine_dir, speculative: SpeculativeConfig | None = None, cache_byte
                                                                    max_batch_size=max_batch_size))
     if speculative is not None:  # the engine's own spec says off: give it a proposer as a built one would have
         engine.spec = dataclasses.replace(engine.spec, speculative=speculative)
-        engine.proposer = make_proposer(speculative)
+        engine.proposer = make_proposer(speculative, engine_dir)
     return engine
 
 
