@@ -120,3 +120,17 @@ def test_mismatched_or_missing_drafts_are_refused(engines, tiny_checkpoint, tmp_
     make_checkpoint(other_vocab, "LlamaForCausalLM", seed=1, vocab_size=300)
     with pytest.raises(ConfigError, match="differs from the target"):
         _engine(engines, _build(other_vocab, tmp_path / "other"))
+
+
+def test_cli_builds_inspects_and_runs_with_a_draft_engine(tiny_checkpoint, tiny_engine, tmp_path, capsys):
+    from ingot.cli import main
+
+    target = tmp_path / "target"
+    assert main(["build", str(tiny_checkpoint[0]), "-o", str(target), "--max-seq-len", "128", "--max-input-len", "64",
+                 "--max-batch-size", "4", "--device", "cpu", "--speculative", "draft_target", "--max-draft-len", "3"]) == 0
+    assert main(["inspect", str(target)]) == 0
+    assert "draft_target: up to 3 draft tokens a step (from the draft engine given at run time" in capsys.readouterr().out
+    assert main(["run", str(target), "hello", "--max-tokens", "6", "--device", "cpu", "--draft-engine",
+                 str(tiny_engine)]) == 0
+    assert main(["run", str(target), "hello", "--max-tokens", "6", "--device", "cpu"]) != 0
+    assert "pass --draft-engine DIR" in capsys.readouterr().err
