@@ -217,3 +217,32 @@ def test_verify_steps_replay_graphs_keyed_by_tokens_per_sequence(engine_dir):
     assert any(q == 3 for _, q in replays), "verify steps replayed the (batch, 3) graphs"
     stats = engine.stats
     assert 0 < stats.accepted_draft_tokens_total < stats.draft_tokens_total
+
+
+def test_draft_target_with_the_target_as_its_own_draft(checkpoint, engine_dir, tmp_path):
+    """draft_target on the GPU: the target's own weights as the draft (a separate engine, its own
+    KV cache and graphs) accept nearly every draft; greedy output equals plain decoding up to bf16
+    near-ties (a verify step's GEMMs have 1 + K rows)."""
+    from ingot.builder.build import build_engine
+    from ingot.config import BuildConfig, SpeculativeConfig
+    from ingot.sampling_params import SamplingParams
+
+    target = tmp_path / "target"
+    build_engine(str(checkpoint[0]), target, BuildConfig(dtype="bf16", max_seq_len=4096, max_batch_size=8,
+                                                         max_num_tokens=4096), device="cuda",
+                 speculative=SpeculativeConfig("draft_target", max_draft_len=4))
+    prompts = _prompts(7, lengths=(5, 17, 33, 100))
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
+    plain = _engine(engine_dir)
+    solos = []
+    for prompt in prompts:
+        solos.append(plain.add_request(prompt, params))
+        while plain.has_unfinished_requests():
+            plain.step()
+    del plain
+    engine = _engine(target, draft_engine=engine_dir)
+    drafted = _generate(engine, prompts, 24)
+    assert _diverges_only_at_near_ties(prompts, drafted, solos) >= len(prompts) // 2
+    assert engine.stats.draft_acceptance_rate > 0.8, engine.stats
+    draft = engine.proposer.draft
+    assert not engine.proposer.mirrors and draft.kv.pool.num_free == draft.kv.pool.num_usable
