@@ -6,6 +6,7 @@ Validation happens once, here, and names the field, its range and the fix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ingot.errors import RequestError
@@ -16,6 +17,14 @@ GREEDY_TEMPERATURE = 1e-5
 # Most alternatives a request may ask for per position (as vLLM's default max_logprobs): each costs
 # a top-k over the vocabulary and host memory for every scored position.
 MAX_LOGPROBS = 20
+# The sampler divides (or multiplies) logits by the repetition penalty in float32: a penalty near 0
+# makes them infinite (NaN log-probabilities, garbage text), one near infinity erases them.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+# Stop strings are matched against the new text at every token, on the engine's thread: their number
+# and length are bounded so that one request cannot slow every other (vLLM has no cap; OpenAI allows 4).
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 256
 
 
 @dataclass
@@ -48,12 +57,16 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            self._check(name, math.isfinite(getattr(self, name)), "a finite number")
         self._check("max_tokens", self.max_tokens >= 0, ">= 0 (0 computes the prompt only)")
         self._check("temperature", self.temperature >= 0.0, ">= 0 (0 means greedy)")
         self._check("top_k", self.top_k == -1 or self.top_k >= 0, "-1, 0 (off) or a positive count")
         self._check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]")
         self._check("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]")
-        self._check("repetition_penalty", self.repetition_penalty > 0.0, "> 0 (1 means off)")
+        low, high = REPETITION_PENALTY_RANGE
+        self._check("repetition_penalty", low <= self.repetition_penalty <= high,
+                    f"in [{low}, {high}] (1 means off; the sampler divides float32 logits by it)")
         self._check("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "in [-2, 2]")
         self._check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]")
         self._check("n", self.n >= 1, ">= 1")
@@ -62,10 +75,18 @@ class SamplingParams:
             value = getattr(self, name)
             self._check(name, value is None or 0 <= value <= MAX_LOGPROBS, f"None or in [0, {MAX_LOGPROBS}]")
         self._check("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
+        self._check("stop", len(self.stop) <= MAX_STOP_STRINGS
+                    and all(len(s) <= MAX_STOP_STRING_CHARS for s in self.stop),
+                    f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_STRING_CHARS} characters")
+        self._check("stop_token_ids", len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS
+                    and all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+                    f"at most {MAX_STOP_TOKEN_IDS} non-negative token ids")
 
     def _check(self, name: str, ok: bool, allowed: str) -> None:
         if not ok:
-            raise RequestError(f"SamplingParams.{name}={getattr(self, name)!r} is invalid: must be {allowed}")
+            shown = repr(getattr(self, name))
+            shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+            raise RequestError(f"SamplingParams.{name}={shown} is invalid: must be {allowed}")
 
     @property
     def greedy(self) -> bool:

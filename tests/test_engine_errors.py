@@ -46,6 +46,28 @@ def test_invalid_sampling_params_name_the_field():
         SamplingParams(temperature=-1)
 
 
+@pytest.mark.parametrize(("params", "message"), [
+    (dict(repetition_penalty=1e-300), r"repetition_penalty=1e-300 is invalid: must be in \[0.01, 100.0\]"),
+    (dict(repetition_penalty=1e-40), "repetition_penalty"),
+    (dict(temperature=float("inf")), "temperature=inf is invalid: must be a finite number"),
+    (dict(top_p=float("nan")), "top_p=nan is invalid: must be a finite number"),
+    (dict(stop=["x"] * 17), "at most 16 strings of at most 1024 characters"),
+    (dict(stop=["x" * 1025]), r"stop=\['xxxx.*\.\.\. \(1029 characters\) is invalid"),
+    (dict(stop_token_ids=[-1]), "at most 256 non-negative token ids"),
+])
+def test_values_that_would_break_the_sampler_or_stall_the_engine_are_refused(params, message):
+    """A penalty that underflows float32 made logits infinite (NaN logprobs, garbage text); long
+    stop lists are matched on the engine thread at every token (issue 21)."""
+    with pytest.raises(RequestError, match=message):
+        SamplingParams(**params)
+
+
+def test_stop_token_ids_outside_the_vocabulary(engine):
+    with pytest.raises(RequestError, match=r"stop_token_ids \[311\] are outside the vocabulary \[0, 311\)"):
+        engine.add_request([1, 2], SamplingParams(stop_token_ids=[5, 311]))
+    assert not engine.has_unfinished_requests()
+
+
 def _copy_engine(tiny_engine, tmp_path):
     copy = tmp_path / "engine"
     shutil.copytree(tiny_engine, copy)

@@ -175,6 +175,9 @@ class LLMEngine:
         bad = [t for t in token_ids if not 0 <= t < vocab]
         if bad:
             raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
 
     def abort_request(self, request_id: str) -> Request | None:
         """Stop a request and free its KV blocks at once; returns it (None if unknown or done)."""

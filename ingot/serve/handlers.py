@@ -35,7 +35,7 @@ async def completions(state, request: Request) -> Response:
     req: CompletionRequest = await parse(CompletionRequest, request)
     state.check_model(req.model)
     req.check_supported()
-    params = _params(req, req.max_tokens, req.logprobs, req.prompt_logprobs)
+    params = _params(state, req, req.max_tokens, req.logprobs, req.prompt_logprobs)
     tokenizer, jobs = state.llm.tokenizer, []
     for prompt in req.prompts():
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -61,16 +61,21 @@ async def chat_completions(state, request: Request) -> Response:
     max_tokens = req.requested_max_tokens or max(build.max_seq_len - len(ids), 1)
     limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     _check_prompt(state, ids, max_tokens, "messages", limit_param)
-    jobs = [Job(ids, _params(req, max_tokens, req.num_logprobs))]
+    jobs = [Job(ids, _params(state, req, max_tokens, req.num_logprobs))]
     fmt = ChatFormat(state.llm.tokenizer, state.model_name, req.num_logprobs)
     return await _respond(state, request, req, jobs, fmt, "messages", arrival)
 
 
-def _params(req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None):
+def _params(state, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None):
     try:
-        return req.sampling_params(max_tokens, logprobs, prompt_logprobs)
+        params = req.sampling_params(max_tokens, logprobs, prompt_logprobs)
     except RequestError as exc:
         raise from_request_error(exc) from None
+    vocab = state.llm.spec.model.vocab_size
+    bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+    if bad:
+        raise bad_request(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})", "stop_token_ids")
+    return params
 
 
 def _check_prompt(state, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:

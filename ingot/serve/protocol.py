@@ -12,17 +12,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingot.sampling_params import SamplingParams
+from ingot.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
+                                   REPETITION_PENALTY_RANGE, SamplingParams)
 from ingot.serve.errors import bad_request
 
 MAX_N = 128
+# A request's prompts and samples each become a sequence in the engine: bounded per request, so
+# that one request cannot queue thousands of sequences ahead of everyone (vLLM has no cap).
+MAX_PROMPTS = 64
+MAX_SEQUENCES = 256  # n x prompts
 MAX_TOP_LOGPROBS = 20
 SEED_LIMIT = 2**62  # torch seeds are 64-bit; sample i of n uses seed + i * stride, which must fit too
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # allow_inf_nan=False: Python's JSON reader takes the non-standard literals NaN and Infinity
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -46,10 +52,10 @@ class _SamplingFields(_Strict):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
+    repetition_penalty: float | None = Field(None, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     seed: int | None = Field(None, ge=-SEED_LIMIT, le=SEED_LIMIT)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
@@ -64,6 +70,8 @@ class _SamplingFields(_Strict):
         stops = [stop] if isinstance(stop, str) else stop or []
         if any(not s for s in stops):
             raise ValueError("stop strings must be non-empty")
+        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_STRING_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_STRING_CHARS} characters")
         return stop
 
     @property
@@ -110,6 +118,13 @@ class CompletionRequest(_SamplingFields):
 
     def check_supported(self) -> None:
         super().check_supported()
+        prompts = len(self.prompts())
+        if prompts > MAX_PROMPTS:
+            raise bad_request(f"{prompts} prompts in one request, over the limit of {MAX_PROMPTS}; send them in "
+                              "several requests", "prompt")
+        if prompts * self.n > MAX_SEQUENCES:
+            raise bad_request(f"n={self.n} samples of {prompts} prompts make {prompts * self.n} sequences, over "
+                              f"the limit of {MAX_SEQUENCES} per request; lower n or send fewer prompts", "n")
         if self.suffix:
             raise bad_request("suffix (insertion) is not supported by ingot", "suffix")
         if self.best_of is not None and self.best_of != self.n:

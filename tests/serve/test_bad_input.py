@@ -74,10 +74,29 @@ def test_unknown_model(server):
     ("chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("chat/completions", {**CHAT, "n": "2"}, "n"),
+    # issue 21: values that broke the sampler or let one request hold up the others
+    ("completions", {**COMPLETION, "repetition_penalty": 1e-300}, "repetition_penalty"),
+    ("completions", {**COMPLETION, "stop": ["s"] * 17}, "stop"),
+    ("completions", {**COMPLETION, "stop": "s" * 1025}, "stop"),
+    ("completions", {**COMPLETION, "stop_token_ids": [1] * 257}, "stop_token_ids"),
+    ("completions", {**COMPLETION, "prompt": ["a"] * 65}, "prompt"),
+    ("completions", {**COMPLETION, "prompt": ["a"] * 8, "n": 33}, "n"),
 ])
 def test_bad_parameter_names_the_field(server, route, body, param):
     error = assert_error(post(server, route, json=body), 400, param)
     assert error["message"]
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_standard_json_numbers_are_refused(server, literal):
+    body = b'{"model": "tiny", "prompt": "hi", "max_tokens": 2, "temperature": ' + literal + b"}"
+    assert_error(post(server, "completions", content=body, headers={"content-type": "application/json"}), 400,
+                 "temperature")
+
+
+def test_stop_token_ids_outside_the_vocabulary(server):
+    assert_error(post(server, "completions", json={**COMPLETION, "stop_token_ids": [10**6]}), 400, "stop_token_ids",
+                 "vocabulary [0, 311)")
 
 
 def test_official_client_raises_bad_request(server):
