@@ -90,6 +90,15 @@ def test_encode_decode_match_transformers(pair, text):
             assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
 
 
+def test_long_texts_take_the_gil_free_path_with_the_same_ids(pair):
+    from ingot.tokenizer import LONG_TEXT_CHARS
+
+    ours, hf = pair
+    text = ("Hello <|im_start|>world, naïve café 🙂 " * (LONG_TEXT_CHARS // 20))[:LONG_TEXT_CHARS + 50]
+    for special in (True, False):
+        assert ours.encode(text, add_special_tokens=special) == hf.encode(text, add_special_tokens=special)
+
+
 def test_special_tokens_recognised_and_single_bos(pair):
     ours, hf = pair
     ids = ours.encode("<|im_start|>user<|im_end|>", add_special_tokens=False)

@@ -6,13 +6,18 @@
     GET  /health  /version  /metrics                liveness, versions, Prometheus text
     GET  /plan/...                                  the planner (ingot.plan.web), mounted
 
-One AsyncLLM (one engine loop) serves every request. The Gate middleware answers 401 and 429
-before a body is read, and counts every response by route and status.
+One AsyncLLM (one engine loop) serves every request. The Gate middleware answers 401 before a
+body is read; for generation it reads the whole body first (at most max_body_bytes, within
+BODY_READ_TIMEOUT_S: 413 / 408), and only then takes a --max-queue slot (429), so that clients
+that send headers and then stall cannot hold every slot. It counts every response by route and
+status (499: the client went away before its body was read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +33,10 @@ from ingot.serve.metrics import CONTENT_TYPE, ServerMetrics
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
 KNOWN_ROUTES = (*GENERATION_ROUTES, "/v1/models", *TOKENIZER_ROUTES, "/health", "/version", "/metrics")
+DEFAULT_MAX_BODY_BYTES = 8 << 20  # a prompt of ~2M tokens of text: past any engine's max_input_len
+BODY_READ_TIMEOUT_S = 30.0  # from the first byte of the request to the last byte of its body
+
+logger = logging.getLogger("ingot.serve")
 
 
 @dataclass
@@ -36,6 +45,7 @@ class ServerState:
     model_name: str
     api_key: str | None = None
     max_queue: int | None = None  # generation requests in flight before 429; None: no limit
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -66,18 +76,27 @@ class Gate:
             await send(message)
 
         try:
-            await self._route(scope, receive, send_and_record, path)
+            await self._route(scope, receive, send_and_record, path, status)
         finally:
             route = path if path in KNOWN_ROUTES else "/plan" if path.startswith("/plan") else "other"
             self.state.metrics.http_requests.inc(route=route, status=str(status[0]))
 
-    async def _route(self, scope, receive, send, path: str) -> None:
+    async def _route(self, scope, receive, send, path: str, status: list[int]) -> None:
         if (path.startswith("/v1/") or path in TOKENIZER_ROUTES) and not self._authorized(scope):
             error = APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                              code="invalid_api_key")
             return await error.response()(scope, receive, send)
         if path not in GENERATION_ROUTES or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        try:
+            body = await self._read_body(scope, receive)
+        except APIError as error:
+            return await error.response()(scope, receive, send)
+        if body is None:  # the client went away mid-upload: nothing to answer, nothing to log as an error
+            logger.info("client disconnected before sending its whole %s body", path)
+            status[0] = 499
+            return None
+        receive = _replaying(body, receive)
         metrics, limit = self.state.metrics, self.state.max_queue
         if limit is not None and metrics.in_flight >= limit:
             error = APIError(429, f"the server is at its limit of {limit} requests in flight (--max-queue); "
@@ -89,11 +108,51 @@ class Gate:
         finally:
             metrics.in_flight -= 1
 
+    async def _read_body(self, scope, receive) -> bytes | None:
+        """The request body, or None if the client disconnected; APIError 413 / 408 past the limits."""
+        limit = self.state.max_body_bytes
+        too_large = APIError(413, f"the request body is over this server's limit of {limit} bytes "
+                                  "(--max-body-bytes); send a shorter prompt", code="request_too_large")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        deadline = time.monotonic() + BODY_READ_TIMEOUT_S
+        chunks, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise APIError(408, f"the request body did not arrive within {BODY_READ_TIMEOUT_S:.0f} s",
+                               code="request_timeout") from None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
     def _authorized(self, scope) -> bool:
         if self.state.api_key is None:
             return True
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         return hmac.compare_digest(header.encode(), f"Bearer {self.state.api_key}".encode())
+
+
+def _replaying(body: bytes, receive):
+    """An ASGI receive that hands the app the body read already, then the client's later messages
+    (a disconnect while the answer streams)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
 
 
 def build_app(state: ServerState) -> FastAPI:

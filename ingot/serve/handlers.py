@@ -9,6 +9,7 @@ import time
 from contextlib import aclosing, suppress
 
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -36,13 +37,20 @@ async def completions(state, request: Request) -> Response:
     state.check_model(req.model)
     req.check_supported()
     params = _params(state, req, req.max_tokens, req.logprobs, req.prompt_logprobs)
-    tokenizer, jobs = state.llm.tokenizer, []
-    for prompt in req.prompts():
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        _check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
-        text = prompt if isinstance(prompt, str) else (
-            tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
-        jobs.append(Job(ids, params, text))
+    tokenizer = state.llm.tokenizer
+
+    def tokenized_jobs() -> list[Job]:
+        jobs = []
+        for prompt in req.prompts():
+            ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            _check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
+            text = prompt if isinstance(prompt, str) else (
+                tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
+            jobs.append(Job(ids, params, text))
+        return jobs
+
+    # a long prompt takes the tokenizer seconds: off the event loop, so /health and streams go on
+    jobs = await run_in_threadpool(tokenized_jobs)
     fmt = CompletionFormat(tokenizer, state.model_name, req.logprobs, req.echo)
     return await _respond(state, request, req, jobs, fmt, "prompt", arrival)
 
@@ -53,7 +61,8 @@ async def chat_completions(state, request: Request) -> Response:
     state.check_model(req.model)
     req.check_supported()
     try:
-        ids = state.llm.tokenizer.encode_chat([m.to_dict() for m in req.messages], req.add_generation_prompt)
+        ids = await run_in_threadpool(state.llm.tokenizer.encode_chat, [m.to_dict() for m in req.messages],
+                                      req.add_generation_prompt)
     except RequestError as exc:
         raise from_request_error(exc, "messages") from None
     build = state.llm.spec.build

@@ -128,9 +128,9 @@ def server(serve_engine, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def guarded_server(serve_engine, tmp_path_factory):
-    """With --api-key and a queue of 2."""
+    """With --api-key, a queue of 2 and bodies of at most 64 KiB."""
     srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "guarded.log",
-                       "--api-key", API_KEY, "--max-queue", "2")
+                       "--api-key", API_KEY, "--max-queue", "2", "--max-body-bytes", "65536")
     yield srv
     assert srv.stop(signal.SIGINT) == 0, srv.log.read_text()
 

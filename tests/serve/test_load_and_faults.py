@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 import httpx
@@ -111,6 +112,63 @@ def test_full_queue_answers_429_at_once(guarded_server):
     _wait_for(guarded_server, lambda m: m["ingot_requests_in_flight"] == 0)
     out = guarded_server.client().completions.create(model="tiny", prompt="room again", max_tokens=2)
     assert out.usage.completion_tokens == 2
+
+
+def _stalled_upload(server) -> socket.socket:
+    """A generation request whose headers promise 100 bytes of body, of which one arrives."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    return sock
+
+
+def test_stalled_uploads_hold_no_queue_slot_and_leaving_is_a_499(guarded_server):
+    """Clients that send headers and stall used to take every --max-queue slot (issue 21): a slot is
+    taken only once the body is in."""
+    stalled = [_stalled_upload(guarded_server) for _ in range(4)]
+    time.sleep(0.5)
+    out = guarded_server.client().completions.create(model="tiny", prompt="not locked out", max_tokens=2)
+    assert out.usage.completion_tokens == 2
+    before = guarded_server.metrics().get('ingot_http_requests_total{route="/v1/completions",status="499"}', 0)
+    for sock in stalled:
+        sock.close()
+    after = _wait_for(guarded_server, lambda m: m.get(
+        'ingot_http_requests_total{route="/v1/completions",status="499"}', 0) == before + 4)
+    assert after['ingot_http_requests_total{route="/v1/completions",status="499"}'] == before + 4
+    assert "Traceback" not in guarded_server.log.read_text()
+
+
+def test_bodies_over_the_limit_are_413(guarded_server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    big = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
+    declared = httpx.post(f"{guarded_server.url}/v1/completions", json=big, headers=headers, timeout=30)
+    assert declared.status_code == 413 and "65536 bytes" in declared.json()["error"]["message"]
+    chunks = (b"x" * 8192 for _ in range(10))  # no Content-Length: chunked, counted as it arrives
+    streamed = httpx.post(f"{guarded_server.url}/v1/completions", content=chunks, headers=headers, timeout=30)
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
+    out = guarded_server.client().completions.create(model="tiny", prompt="still serving", max_tokens=2)
+    assert out.usage.completion_tokens == 2
+
+
+def test_a_huge_prompt_does_not_freeze_the_server(server):
+    """A 7 MB prompt is tokenized off the event loop, with the GIL released (issue 21: /health froze
+    for 3.5-10 s). The bound is loose for a loaded 2-core CI machine; unloaded it answers in ~0.1 s."""
+    import threading
+
+    answer = {}
+    body = {"model": "tiny", "prompt": "x" * 7_000_000, "max_tokens": 1}
+    worker = threading.Thread(target=lambda: answer.update(
+        response=httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)))
+    worker.start()
+    worst = 0.0
+    while worker.is_alive():
+        started = time.monotonic()
+        assert httpx.get(f"{server.url}/health", timeout=60).status_code == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.01)
+    assert answer["response"].status_code == 400 and "max_input_len" in answer["response"].text
+    assert worst < 2.5, worst
 
 
 def test_api_key_required(guarded_server):
