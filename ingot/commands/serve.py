@@ -10,7 +10,12 @@ def register(subparsers) -> None:
     p.add_argument("engine", help="engine directory (or a checkpoint / preset, built into the cache first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1, tokenizer and /metrics routes (visible in ps: "
+                        "prefer --api-key-file or the INGOT_API_KEY environment variable)")
+    p.add_argument("--api-key-file", default=None, metavar="FILE", help="read the API key from FILE (first line)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics without the API key (it shows traffic and KV-cache use)")
     p.add_argument("--served-model-name", default=None,
                    help="the model name clients send (default: the engine directory's name)")
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
@@ -35,7 +40,30 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-queue {args.max_queue} must be >= 1")
     if args.max_body_bytes is not None and args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be >= 1024")
-    return serve(engine_or_build(args.engine, args.device), host=args.host, port=args.port, api_key=args.api_key,
+    api_key = resolve_api_key(args.api_key, args.api_key_file)
+    return serve(engine_or_build(args.engine, args.device), host=args.host, port=args.port, api_key=api_key,
+                 metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
                  max_body_bytes=args.max_body_bytes)
+
+
+def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:
+    """The key from --api-key, else --api-key-file, else INGOT_API_KEY; at most one of the flags."""
+    import os
+    from pathlib import Path
+
+    from ingot.errors import ConfigError
+
+    if flag is not None and key_file is not None:
+        raise ConfigError("give --api-key or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            lines = Path(key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--api-key-file {key_file}: cannot read it ({exc})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ConfigError(f"--api-key-file {key_file}: the first line is empty; write the key there")
+        return key
+    return flag if flag is not None else (os.environ.get("INGOT_API_KEY") or None)

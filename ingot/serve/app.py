@@ -46,6 +46,7 @@ class ServerState:
     api_key: str | None = None
     max_queue: int | None = None  # generation requests in flight before 429; None: no limit
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    metrics_public: bool = False  # /metrics without the key (it shows traffic and KV-cache use)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -82,7 +83,9 @@ class Gate:
             self.state.metrics.http_requests.inc(route=route, status=str(status[0]))
 
     async def _route(self, scope, receive, send, path: str, status: list[int]) -> None:
-        if (path.startswith("/v1/") or path in TOKENIZER_ROUTES) and not self._authorized(scope):
+        guarded = path.startswith("/v1/") or path in TOKENIZER_ROUTES or (
+            path == "/metrics" and not self.state.metrics_public)
+        if guarded and not self._authorized(scope):
             error = APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                              code="invalid_api_key")
             return await error.response()(scope, receive, send)
@@ -137,8 +140,9 @@ class Gate:
     def _authorized(self, scope) -> bool:
         if self.state.api_key is None:
             return True
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        return hmac.compare_digest(header.encode(), f"Bearer {self.state.api_key}".encode())
+        # bytes against bytes: a non-ASCII key arrives as its UTF-8 bytes
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(header, b"Bearer " + self.state.api_key.encode("utf-8"))
 
 
 def _replaying(body: bytes, receive):

@@ -21,7 +21,7 @@ WATCHDOG_INTERVAL_S = 0.5
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
           log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None,
-          max_body_bytes: int | None = None) -> int:
+          max_body_bytes: int | None = None, metrics_public: bool = False) -> int:
     import uvicorn
 
     from ingot.async_llm import AsyncLLM
@@ -32,7 +32,8 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
     try:
         name = served_model_name or Path(engine_dir).resolve().name
         limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
-        app = build_app(ServerState(llm, name, api_key=api_key, max_queue=max_queue, **limits))
+        app = build_app(ServerState(llm, name, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public,
+                                    **limits))
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=shutdown_timeout)
         print(f"ingot serve: {name!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)

@@ -40,7 +40,7 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """Unlabelled samples of /metrics, plus labelled ones under their full text."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", timeout=10, headers={"Authorization": f"Bearer {API_KEY}"}).text
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 

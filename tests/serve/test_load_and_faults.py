@@ -182,8 +182,10 @@ def test_api_key_required(guarded_server):
     assert httpx.post(f"{guarded_server.url}/tokenize", json={"prompt": "hi"}).status_code == 401
     assert httpx.get(f"{guarded_server.url}/tokenizer_info", headers={"Authorization": f"Bearer {API_KEY}"}
                      ).status_code == 200
-    assert httpx.get(f"{guarded_server.url}/health").status_code == 200, "health and metrics stay open"
-    assert httpx.get(f"{guarded_server.url}/metrics").status_code == 200
+    assert httpx.get(f"{guarded_server.url}/health").status_code == 200, "health stays open"
+    assert httpx.get(f"{guarded_server.url}/metrics").status_code == 401, "metrics show traffic: behind the key"
+    assert httpx.get(f"{guarded_server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+                     ).status_code == 200
 
 
 def test_sigterm_with_a_stream_open_shuts_down_cleanly(serve_engine, tmp_path):
