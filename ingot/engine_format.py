@@ -91,6 +91,7 @@ class EngineSpec:
     tactics: dict[str, dict[str, str]] = field(default_factory=dict)  # gemm -> {token bucket: tactic}
     tactic_timings: dict = field(default_factory=dict)  # gemm -> {bucket: {tactic: microseconds}}
     build_seconds: float = 0.0
+    checksums: dict = field(default_factory=dict)  # rank file -> ingot.integrity.file_checksum
     format_version: int = FORMAT_VERSION
 
     @property
@@ -115,6 +116,7 @@ class EngineSpec:
             "tactics": self.tactics,
             "tactic_timings": self.tactic_timings,
             "build_seconds": round(self.build_seconds, 3),
+            "checksums": self.checksums,
         }
 
     @classmethod
@@ -133,6 +135,7 @@ class EngineSpec:
             tactics=data.get("tactics", {}),
             tactic_timings=data.get("tactic_timings", {}),
             build_seconds=data.get("build_seconds", 0.0),
+            checksums=data.get("checksums", {}),
             format_version=data["format_version"],
         )
 

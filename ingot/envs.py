@@ -26,3 +26,13 @@ def torchrun_rank() -> tuple[int, int, str, int, int] | None:
         return None
     return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ.get("MASTER_ADDR", "127.0.0.1"),
             int(os.environ.get("MASTER_PORT", "29500")), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def skip_verify() -> bool:
+    """$INGOT_SKIP_VERIFY=1 (`--skip-verify`): load weight files without checking their checksums."""
+    return os.environ.get("INGOT_SKIP_VERIFY", "") not in ("", "0")
+
+
+def set_skip_verify() -> None:
+    """`--skip-verify`: this process and the rank processes it starts load without checksums."""
+    os.environ["INGOT_SKIP_VERIFY"] = "1"

@@ -163,15 +163,48 @@ def test_engine_of_format_version_1_is_refused_with_a_rebuild_hint(tiny_engine, 
                          r"parameter is float32 \(72,\)"),
     (lambda t: t[:-1], r"'norm.weight' is stored as float32 \(71,\), .* parameter is float32 \(72,\)"),
 ])
-def test_stored_weight_of_another_dtype_or_shape_is_refused_not_cast(tiny_engine, tmp_path, tamper, message):
+def test_stored_weight_of_another_dtype_or_shape_is_refused_not_cast(tiny_engine, tmp_path, monkeypatch, tamper,
+                                                                     message):
     from safetensors.torch import load_file, save_file
 
     engine_dir = _copy_engine(tiny_engine, tmp_path)
     weights = load_file(engine_dir / "rank0.safetensors")
     weights["norm.weight"] = tamper(weights["norm.weight"]).contiguous()
     save_file(weights, engine_dir / "rank0.safetensors")
+    with pytest.raises(EngineError, match="do not match the SHA-256|bytes, but engine.json recorded"):
+        LLMEngine(engine_dir, device="cpu")
+    monkeypatch.setenv("INGOT_SKIP_VERIFY", "1")  # past the checksum, the loader's own checks still hold
     with pytest.raises(EngineError, match=message):
         LLMEngine(engine_dir, device="cpu")
+
+
+def test_a_flipped_bit_in_the_weights_is_caught_at_load(tiny_engine, tmp_path, monkeypatch):
+    """Checksums per chunk of each rank file (issue 21: damaged weights loaded silently)."""
+    import ingot.integrity
+
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    path = engine_dir / "rank0.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=r"rank0.safetensors: bytes 0-\d+ do not match the SHA-256 recorded in "
+                                          r"engine.json .* INGOT_SKIP_VERIFY=1 \(--skip-verify\)"):
+        LLMEngine(engine_dir, device="cpu")
+    monkeypatch.setenv("INGOT_SKIP_VERIFY", "1")
+    LLMEngine(engine_dir, device="cpu")  # trusted as it is
+    monkeypatch.delenv("INGOT_SKIP_VERIFY")
+    path.write_bytes(bytes(data[:-10]))
+    with pytest.raises(EngineError, match="truncated or replaced"):
+        LLMEngine(engine_dir, device="cpu")
+    # chunks of a large file are hashed separately: the damaged one is named
+    monkeypatch.setattr(ingot.integrity, "CHUNK_BYTES", 4096)
+    recorded = ingot.integrity.file_checksum(path)
+    assert len(recorded["sha256"]) == -(-recorded["bytes"] // 4096)
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="bytes 4096-8191 do not match"):
+        ingot.integrity.verify_file(path, recorded, engine_dir)
 
 
 def test_missing_rank_file_is_an_incomplete_engine(tiny_engine, tmp_path):
@@ -191,3 +224,15 @@ def test_the_runtime_imports_no_build_code():
             "print(sorted(m for m in sys.modules if m.startswith(build)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_cli_skip_verify_loads_a_modified_engine(tiny_engine, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("INGOT_SKIP_VERIFY", raising=False)  # restored (unset) after the test
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    path = engine_dir / "rank0.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # the low bit of a weight: the model still runs
+    path.write_bytes(bytes(data))
+    assert main(["run", str(engine_dir), "hi", "--max-tokens", "2", "--device", "cpu"]) != 0
+    assert "do not match the SHA-256" in capsys.readouterr().err
+    assert main(["run", str(engine_dir), "hi", "--max-tokens", "2", "--device", "cpu", "--skip-verify"]) == 0

@@ -32,6 +32,8 @@ def register(sub) -> None:
         p.add_argument("--device", default=None)
         p.add_argument("--draft-engine", default=None, metavar="DIR",
                        help="the draft model's engine, for a target built with --speculative draft_target")
+        p.add_argument("--skip-verify", action="store_true",
+                       help="load the weights without checking their checksums (trusted engines, faster start)")
         p.add_argument("--attention-backend", default=None, choices=["torch", "triton"],
                        help="default: triton on CUDA, torch on CPU")
         p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
@@ -68,6 +70,10 @@ def open_engine(args):
     from ingot.config import CacheConfig, SchedulerConfig
     from ingot.runtime.engine import LLMEngine
 
+    if args.skip_verify:
+        from ingot.envs import set_skip_verify
+
+        set_skip_verify()
     spec = read_spec(args.engine)
     cache = CacheConfig(gpu_memory_fraction=args.kv_fraction, max_cache_bytes=args.max_cache_bytes,
                         enable_prefix_caching=False)

@@ -25,6 +25,7 @@ from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig, 
 from ingot.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions, torch_dtype,
                                  write_spec)
 from ingot.errors import CheckpointError, ConfigError, EngineError
+from ingot.integrity import file_checksum
 from ingot.models import check_architecture, create_model
 from ingot.parallel.mapping import ParallelMapping
 from ingot.quantization import make_scheme
@@ -84,8 +85,9 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
                 **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp,
                                                scheme.group_size if quant.method.startswith("int4") else None)
-        spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings,
-                        build_seconds=time.perf_counter() - started)
+        checksums = {f.name: file_checksum(f) for f in sorted(staging.glob("rank*.safetensors"))}
+        spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings, checksums=checksums,
+                                   build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine
         _move_into_place(staging, output_dir)
     finally:

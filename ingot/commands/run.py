@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--draft-engine", default=None, metavar="DIR",
                    help="the draft model's engine, for a target built with --speculative draft_target")
+    p.add_argument("--skip-verify", action="store_true",
+                   help="load the weights without checking their checksums (trusted engines, faster start)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from ingot.llm import LLM
     from ingot.sampling_params import SamplingParams
 
+    if args.skip_verify:
+        from ingot.envs import set_skip_verify
+
+        set_skip_verify()
     if (args.prompt is None) == (args.chat is None):
         raise RequestError("give either a PROMPT or --chat MESSAGE (exactly one)")
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,

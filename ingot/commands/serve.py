@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--draft-engine", default=None, metavar="DIR",
                    help="the draft model's engine, for a target built with --speculative draft_target")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--skip-verify", action="store_true",
+                   help="load the weights without checking their checksums (trusted engines, faster start)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from ingot.errors import ConfigError
     from ingot.serve.server import serve
 
+    if args.skip_verify:
+        from ingot.envs import set_skip_verify
+
+        set_skip_verify()
     if args.max_queue is not None and args.max_queue < 1:
         raise ConfigError(f"--max-queue {args.max_queue} must be >= 1")
     if args.max_body_bytes is not None and args.max_body_bytes < 1024:

@@ -9,6 +9,7 @@ file does not belong to this engine.json, and is an error naming the tensor, nev
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from ingot.attention import AttentionBackend
 from ingot.engine_format import EngineSpec, check_target, current_device, rank_file, read_spec
 from ingot.errors import EngineError
 from ingot.models import create_model
+
+logger = logging.getLogger("ingot")
 
 
 def load_engine(directory: str | Path, backend: AttentionBackend, device: str | torch.device | None = None,
@@ -38,6 +41,7 @@ def load_engine(directory: str | Path, backend: AttentionBackend, device: str | 
     torch_device = torch.device(device or ("cuda" if here.kind == "cuda" else "cpu"))
     model = create_model(spec, backend, rank).to_empty(device=torch_device)
     model.rotary.reset_cache(torch_device)
+    _verify(spec, directory, rank)
     fill_weights(model, directory / rank_file(rank))
     for module in model.modules():
         if hasattr(module, "process_after_load"):
@@ -45,6 +49,21 @@ def load_engine(directory: str | Path, backend: AttentionBackend, device: str | 
     if spec.tactics and torch_device.type == "cuda":
         install_tactics(model, spec.tactics)
     return spec, model.eval(), torch_device
+
+
+def _verify(spec: EngineSpec, directory: Path, rank: int) -> None:
+    """The rank file against its checksum in engine.json (ingot/integrity.py)."""
+    from ingot.envs import skip_verify
+    from ingot.integrity import verify_file
+
+    name = rank_file(rank)
+    recorded = spec.checksums.get(name)
+    if skip_verify():
+        logger.info("loading %s without checking its checksum (INGOT_SKIP_VERIFY)", name)
+    elif recorded is None:
+        logger.info("%s has no checksum in engine.json (built before checksums); loaded unchecked", name)
+    elif (directory / name).is_file():  # a missing file is fill_weights' error to name
+        verify_file(directory / name, recorded, directory)
 
 
 def install_tactics(model: torch.nn.Module, tactics: dict[str, dict[str, str]]) -> None:
