@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingot.config import BuildConfig, ModelConfig, QuantConfig, SpeculativeConfig
+from ingot.config import DTYPES, BuildConfig, ModelConfig, QuantConfig, SpeculativeConfig
 from ingot.errors import EngineError
 from ingot.parallel.mapping import ParallelMapping
 
@@ -164,17 +164,20 @@ def read_spec(directory: str | Path) -> EngineSpec:
         raise EngineError(f"{directory} is not an engine: it has no {ENGINE_JSON} (an unfinished build never "
                           f"writes one); rebuild with `ingot build MODEL -o {directory}`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         version = data["format_version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise EngineError(f"{path} is corrupt ({exc}); rebuild the engine") from exc
     if version != FORMAT_VERSION:
         raise EngineError(f"{directory} has engine format version {version}, this ingot reads version "
                           f"{FORMAT_VERSION}; rebuild it with this ingot (`ingot build`)")
     try:
-        return EngineSpec.from_json(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EngineError(f"{path} is corrupt ({exc}); rebuild the engine") from exc
+        spec = EngineSpec.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EngineError(f"{path} is corrupt ({type(exc).__name__}: {exc}); rebuild the engine") from exc
+    if spec.dtype not in DTYPES:
+        raise EngineError(f"{path} is corrupt (dtype {spec.dtype!r} is none of {', '.join(DTYPES)}); rebuild the engine")
+    return spec
 
 
 def check_target(spec: EngineSpec, here: TargetDevice, directory: Path | str = "") -> None:

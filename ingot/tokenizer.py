@@ -32,8 +32,17 @@ LONG_TEXT_CHARS = 16_384
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); {_RESTORE}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; {_RESTORE}")
+    return data
+
+
+_RESTORE = "copy it again from the model's checkpoint, or rebuild the engine"
 
 
 def _token_str(value: Any) -> str | None:
@@ -123,10 +132,18 @@ class Tokenizer:
                 f"no tokenizer.json in {path}: ingot reads fast (tokenizers-library) tokenizers only; "
                 "convert a slow tokenizer once with transformers' AutoTokenizer(...).save_pretrained(dir)"
             )
-        backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises a bare Exception on a malformed file
+            raise CheckpointError(f"{path / 'tokenizer.json'} cannot be read as a tokenizer ({exc}); {_RESTORE}") \
+                from None
         config = {**_read_json(path / "special_tokens_map.json"), **_read_json(path / "tokenizer_config.json")}
         generation_config = _read_json(path / "generation_config.json")
-        return cls(backend, config, generation_config, _load_chat_template(path, config), name=str(path))
+        try:
+            return cls(backend, config, generation_config, _load_chat_template(path, config), name=str(path))
+        except (TypeError, ValueError, AttributeError, KeyError, jinja2.TemplateError) as exc:
+            raise CheckpointError(f"the tokenizer files in {path} do not fit together ({type(exc).__name__}: {exc}); "
+                                  f"{_RESTORE}") from None
 
     def _add_missing_specials(self) -> None:
         """Like transformers: special tokens named in the config but absent from tokenizer.json are added."""
@@ -200,6 +217,9 @@ class Tokenizer:
                                    add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.TemplateError as e:
             raise RequestError(f"the chat template rejected these messages: {e}") from e
+        except Exception as e:  # a template's own bug (1/0, a missing key) must not become a server error
+            raise RequestError(f"the model's chat template failed on these messages ({type(e).__name__}: {e}); "
+                               "its template (tokenizer_config.json or chat_template.jinja) needs fixing") from e
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
         """Template then encode. The template writes BOS itself when the model wants one, so no special

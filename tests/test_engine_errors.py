@@ -236,3 +236,41 @@ def test_cli_skip_verify_loads_a_modified_engine(tiny_engine, tmp_path, monkeypa
     assert main(["run", str(engine_dir), "hi", "--max-tokens", "2", "--device", "cpu"]) != 0
     assert "do not match the SHA-256" in capsys.readouterr().err
     assert main(["run", str(engine_dir), "hi", "--max-tokens", "2", "--device", "cpu", "--skip-verify"]) == 0
+
+
+def _set_in_engine_json(section: str | None, key: str, value):
+    def mutate(directory):
+        data = json.loads((directory / ENGINE_JSON).read_text())
+        (data[section] if section else data)[key] = value
+        (directory / ENGINE_JSON).write_text(json.dumps(data))
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "error", "message"), [
+    (_set_in_engine_json(None, "dtype", "float7"), EngineError, r"engine.json is corrupt \(dtype 'float7' is none of"),
+    (lambda d: (d / ENGINE_JSON).write_bytes(b"\xff\xfe{"), EngineError, r"engine.json is corrupt \('utf-8' codec"),
+    (lambda d: (d / ENGINE_JSON).write_text('{"format_version": 2}'), EngineError,
+     r"engine.json is corrupt \(KeyError: "),
+    (_set_in_engine_json("model", "vocab_size", 999), EngineError, r"'embed_tokens.weight' is stored as float32 \(311"),
+    (lambda d: (d / "tokenizer.json").write_text("garbage"), CheckpointError,
+     r"tokenizer.json cannot be read as a tokenizer .*; copy it again from the model's checkpoint, or rebuild"),
+    (lambda d: (d / "tokenizer_config.json").write_text("{{{"), CheckpointError, r"tokenizer_config.json is not valid JSON"),
+    (lambda d: (d / "generation_config.json").write_text("[1]"), CheckpointError,
+     r"generation_config.json holds a JSON list, not an object"),
+], ids=["dtype", "non-utf8", "missing-section", "vocab", "tokenizer", "tokenizer-config", "generation-config"])
+def test_malformed_engine_files_are_one_line_errors(tiny_engine, tmp_path, mutate, error, message):
+    """Issue 21: each of these ended in a traceback."""
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    mutate(engine_dir)
+    with pytest.raises(error, match=message):
+        LLMEngine(engine_dir, device="cpu")
+
+
+def test_a_chat_template_that_fails_is_a_request_error(tiny_engine, tmp_path):
+    engine_dir = _copy_engine(tiny_engine, tmp_path)
+    config = json.loads((engine_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m.content }}{{ 1 / 0 }}{% endfor %}"
+    (engine_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    engine = LLMEngine(engine_dir, device="cpu")
+    with pytest.raises(RequestError, match=r"chat template failed on these messages \(ZeroDivisionError"):
+        engine.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
