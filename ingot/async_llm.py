@@ -77,6 +77,10 @@ class AsyncLLM:
         """Abort a request (all of its n samples) and free its KV blocks."""
         self._loop.abort(self._samples.get(request_id, [request_id]))
 
+    def abort_all(self) -> None:
+        """Abort every request in flight; their streams end with finish_reason "abort"."""
+        self._loop.abort_all()
+
     def failure(self) -> str | None:
         """Why the engine can no longer serve (its loop stopped, or a worker rank died), or None."""
         if self._loop.error is not None:

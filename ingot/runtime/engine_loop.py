@@ -31,7 +31,7 @@ class _Add:
 
 @dataclass
 class _Abort:
-    request_ids: list[str]
+    request_ids: list[str] | None  # None: every request in flight
 
 
 class EngineLoop:
@@ -52,6 +52,11 @@ class EngineLoop:
 
     def abort(self, request_ids: list[str]) -> None:
         self._commands.put(_Abort(request_ids))
+        self._wake.set()
+
+    def abort_all(self) -> None:
+        """Abort every request in flight (a server that stops draining): each gets its final output."""
+        self._commands.put(_Abort(None))
         self._wake.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -88,7 +93,7 @@ class EngineLoop:
                     self._callbacks[request.request_id] = command.on_output
                     self.engine.submit(request)
             else:
-                for request_id in command.request_ids:
+                for request_id in list(self._callbacks) if command.request_ids is None else command.request_ids:
                     if request_id in self._callbacks:
                         self._deliver(self.engine.abort_output(request_id))
 

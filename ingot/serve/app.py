@@ -47,6 +47,7 @@ class ServerState:
     max_queue: int | None = None  # generation requests in flight before 429; None: no limit
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     metrics_public: bool = False  # /metrics without the key (it shows traffic and KV-cache use)
+    draining: bool = False  # shutting down: no new generation, /health 503, open requests finish
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -91,6 +92,10 @@ class Gate:
             return await error.response()(scope, receive, send)
         if path not in GENERATION_ROUTES or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        if self.state.draining:
+            error = APIError(503, "the server is shutting down; send the request to another replica",
+                             type="server_error", code="shutting_down")
+            return await error.response()(scope, receive, send)
         try:
             body = await self._read_body(scope, receive)
         except APIError as error:
@@ -227,6 +232,8 @@ def _add_service_routes(app: FastAPI, state: ServerState) -> None:
         failure = state.llm.failure()
         if failure is not None:
             return APIError(503, failure, type="server_error").response()
+        if state.draining:
+            return APIError(503, "shutting down", type="server_error", code="shutting_down").response()
         return JSONResponse({"status": "ok"})
 
     @app.get("/version")

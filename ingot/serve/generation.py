@@ -87,8 +87,10 @@ async def _one_job(llm, job: Job, base: int, request_id: str, metrics: ServerMet
                     _observe(metrics, timing, base + sample.index, sample)
                     if sample.finished:
                         unfinished.discard(base + sample.index)
-                    if sample.finish_reason == "abort":
-                        raise APIError(503, "the engine stopped while generating this request; see the server log",
+                    if sample.finish_reason == "abort":  # the server is stopping, or the engine failed
+                        yield base + sample.index, sample  # a stream's last chunk says finish_reason "abort"
+                        raise APIError(503, "this request was stopped before it finished: the server is shutting "
+                                       "down or its engine stopped (see the server log); retry it",
                                        type="server_error", code="engine_stopped")
                     yield base + sample.index, sample
     except RequestError as exc:

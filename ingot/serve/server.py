@@ -1,8 +1,11 @@
 """Start the server: load the engine once, then run uvicorn until SIGINT/SIGTERM.
 
 The engine is loaded before the port opens, so /health answering means ready. On a signal,
-uvicorn stops accepting, gives open streams shutdown_timeout seconds to finish, then cancels
-them (which aborts their requests); the engine loop is shut down last, whatever happened.
+uvicorn stops accepting connections and the server drains: new generation requests on open
+connections get 503, open requests get shutdown_timeout seconds to finish, then every request
+still running is aborted, so each stream ends with a finish_reason "abort" chunk, an error event
+and [DONE] (uvicorn's own deadline, DRAIN_MARGIN_S later, is never the one that cancels them);
+the engine loop is shut down last, whatever happened.
 If the engine fails on its own (its loop stops on an error, a worker rank dies), a watchdog
 reports why and stops the server the same way, and the process exits with status 1.
 """
@@ -16,6 +19,7 @@ import threading
 from pathlib import Path
 
 WATCHDOG_INTERVAL_S = 0.5
+DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced cancellation
 
 
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
@@ -32,15 +36,15 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
     try:
         name = served_model_name or Path(engine_dir).resolve().name
         limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
-        app = build_app(ServerState(llm, name, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public,
-                                    **limits))
+        state = ServerState(llm, name, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public, **limits)
+        app = build_app(state)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                timeout_graceful_shutdown=shutdown_timeout)
+                                timeout_graceful_shutdown=shutdown_timeout + DRAIN_MARGIN_S)
         print(f"ingot serve: {name!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
         # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a normal exit.
         signal.signal(signal.SIGTERM, _exit_normally)
         server = uvicorn.Server(config)
-        failed = _watch(llm, server)
+        failed = _watch(llm, server, state, shutdown_timeout)
         server.run()
     except KeyboardInterrupt:
         pass
@@ -50,8 +54,9 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
     return 1 if failed.is_set() else 0
 
 
-def _watch(llm, server) -> threading.Event:
-    """A daemon thread that stops the server when the engine can no longer serve."""
+def _watch(llm, server, state, shutdown_timeout: float) -> threading.Event:
+    """A daemon thread that stops the server when the engine can no longer serve, and drains it
+    when it is asked to stop."""
     failed = threading.Event()
 
     def run() -> None:
@@ -63,6 +68,11 @@ def _watch(llm, server) -> threading.Event:
                 server.should_exit = True
                 return
             threading.Event().wait(WATCHDOG_INTERVAL_S)
+        state.draining = True
+        print(f"ingot serve: draining: open requests have {shutdown_timeout:g} s to finish", file=sys.stderr,
+              flush=True)
+        threading.Event().wait(shutdown_timeout)
+        llm.abort_all()
 
     threading.Thread(target=run, name="ingot-serve-watchdog", daemon=True).start()
     return failed

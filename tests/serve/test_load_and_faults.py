@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import time
@@ -193,12 +194,20 @@ def test_sigterm_with_a_stream_open_shuts_down_cleanly(serve_engine, tmp_path):
     (The session servers' teardowns check SIGTERM and SIGINT on idle servers.)"""
     server = start_server(serve_engine, tmp_path / "server.log", "--shutdown-timeout", "1")
     try:
-        client, streams = _open_streams(server, 1)
+        client, streams = _open_streams(server, 2)
         started = time.monotonic()
-        assert server.stop(signal.SIGTERM, timeout=60) == 0, server.log.read_text()
+        server.process.send_signal(signal.SIGTERM)
+        for _, lines in streams:  # each stream ends properly: an "abort" chunk, an error event, [DONE]
+            rest = [line for line in lines if line.startswith("data:")]
+            assert rest[-1] == "data: [DONE]"
+            assert json.loads(rest[-2].removeprefix("data: "))["error"]["code"] == "engine_stopped"
+            assert json.loads(rest[-3].removeprefix("data: "))["choices"][0]["finish_reason"] == "abort"
+        assert server.process.wait(timeout=60) == 0, server.log.read_text()
         assert time.monotonic() - started < 20
         _close(client, streams)
     finally:
         if server.process.poll() is None:
             server.process.kill()
-    assert "ingot serve: stopped" in server.log.read_text()
+    log = server.log.read_text()
+    assert "ingot serve: stopped" in log and "draining" in log
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log
