@@ -4,7 +4,8 @@
 
 Records: bad inputs tried and how they were answered (4xx / 500 / hang), the worst /health latency
 while a 7 MB prompt is processed and while a 10 MB body is refused, the server's RSS growth per
-1,000 requests over N mixed requests, and the seconds from SIGTERM to exit with 20 open streams.
+1,000 requests over N mixed requests (after every KV block has been written once: see
+touch_kv_pool), and the seconds from SIGTERM to exit with 20 open streams.
 Writes DATE-cpu-server-faults.json.
 """
 
@@ -111,9 +112,24 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def touch_kv_pool(client: httpx.Client, rng: random.Random) -> int:
+    """The KV pool is allocated uninitialised: its pages enter RSS as blocks are first written, which
+    allocation order spreads over the whole pool. Distinct ~900-token prompts (no prefix reuse)
+    until more blocks than the pool holds have been written, so later growth is the server's own."""
+    metrics = client.get("/metrics").text
+    blocks = int(float(next(line.split()[-1] for line in metrics.splitlines()
+                            if line.startswith("ingot_kv_cache_blocks_total"))))
+    requests = blocks * 16 // 900 * 12 // 10 + 2  # 16 tokens a block (the engine's default), 20% margin
+    for i in range(requests):
+        words = " ".join(f"w{rng.randrange(10**6)}" for _ in range(300))
+        client.post("/v1/completions", json={"model": "m", "prompt": f"{i} {words}", "max_tokens": 1})
+    return requests
+
+
 def rss_growth(url: str, pid: int, count: int) -> dict:
     rng = random.Random(0)
     client = httpx.Client(base_url=url, headers=AUTH, timeout=120)
+    pool_warmup = touch_kv_pool(client, rng)
     warm = 200
     samples = []
     for i in range(count + warm):
@@ -135,7 +151,8 @@ def rss_growth(url: str, pid: int, count: int) -> dict:
     samples.append((count + warm, rss_bytes(pid)))
     client.close()
     grown = samples[-1][1] - samples[0][1]
-    return {"requests": count, "after_warmup_requests": warm, "rss_start_bytes": samples[0][1],
+    return {"requests": count, "kv_pool_warmup_requests": pool_warmup, "after_warmup_requests": warm,
+            "rss_start_bytes": samples[0][1],
             "rss_end_bytes": samples[-1][1], "rss_growth_bytes_per_1000": grown * 1000 / count}
 
 
