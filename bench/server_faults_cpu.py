@@ -114,15 +114,16 @@ def rss_bytes(pid: int) -> int:
 
 def touch_kv_pool(client: httpx.Client, rng: random.Random) -> int:
     """The KV pool is allocated uninitialised: its pages enter RSS as blocks are first written, which
-    allocation order spreads over the whole pool. Distinct ~900-token prompts (no prefix reuse)
+    allocation order spreads over the whole pool. Distinct ~830-token prompts (no prefix reuse)
     until more blocks than the pool holds have been written, so later growth is the server's own."""
     metrics = client.get("/metrics").text
     blocks = int(float(next(line.split()[-1] for line in metrics.splitlines()
                             if line.startswith("ingot_kv_cache_blocks_total"))))
-    requests = blocks * 16 // 900 * 12 // 10 + 2  # 16 tokens a block (the engine's default), 20% margin
+    requests = blocks * 16 // 800 * 12 // 10 + 2  # 16 tokens a block (the engine's default), 20% margin
     for i in range(requests):
-        words = " ".join(f"w{rng.randrange(10**6)}" for _ in range(300))
-        client.post("/v1/completions", json={"model": "m", "prompt": f"{i} {words}", "max_tokens": 1})
+        words = " ".join(f"w{rng.randrange(10**6)}" for _ in range(120))  # ~830 SmolLM2 tokens
+        response = client.post("/v1/completions", json={"model": "m", "prompt": f"{i} {words}", "max_tokens": 1})
+        assert response.status_code == 200, response.text
     return requests
 
 
