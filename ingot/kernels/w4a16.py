@@ -79,6 +79,18 @@ def _group_scale_zero(scale_ptr, zero_ptr, cols, col_ok, stride_sn, stride_zn, k
 
 
 @triton.jit
+def _tile_words(qw_ptr, scale_ptr, zero_ptr, cols, col_ok, stride_qn, stride_sn, stride_zn, k0, k_end, word_in_tile,
+                K, G: tl.constexpr, BK: tl.constexpr):
+    """The tile's word indices (BK / 8,), its packed words (BN, BK / 8), each loaded once, and their group
+    scale and zero point (see _group_scale_zero)."""
+    word = k0 // 8 + word_in_tile
+    words = tl.load(qw_ptr + cols.to(tl.int64)[:, None] * stride_qn + word[None, :],
+                    mask=col_ok[:, None] & (word * 8 < k_end)[None, :], other=0)
+    scale, zero = _group_scale_zero(scale_ptr, zero_ptr, cols, col_ok, stride_sn, stride_zn, k0, word_in_tile, K, G, BK)
+    return word, words, scale, zero
+
+
+@triton.jit
 def _store(out_ptr, bias_ptr, acc, split, rows, cols, M, N, stride_os, stride_om,
            HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
     """acc (BM, BN) fp32: a partial sum (split-K), or the result with its bias in out's dtype."""
@@ -106,11 +118,8 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr, M,
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     for k0 in range(k_begin, k_end, BK):
-        word = k0 // 8 + word_in_tile
-        words = tl.load(qw_ptr + cols.to(tl.int64)[:, None] * stride_qn + word[None, :],
-                        mask=col_ok[:, None] & (word * 8 < k_end)[None, :], other=0)  # (BN, BK / 8)
-        scale, zero = _group_scale_zero(scale_ptr, zero_ptr, cols, col_ok, stride_sn, stride_zn, k0, word_in_tile,
-                                        K, G, BK)
+        word, words, scale, zero = _tile_words(qw_ptr, scale_ptr, zero_ptr, cols, col_ok, stride_qn, stride_sn,
+                                               stride_zn, k0, k_end, word_in_tile, K, G, BK)
         tile = tl.zeros((BM, BN), dtype=tl.float32)
         for j in tl.static_range(8):
             kk = word * 8 + j
@@ -141,11 +150,8 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr, M,
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     for k0 in range(k_begin, k_end, BK):
-        word = k0 // 8 + word_in_tile
-        words = tl.load(qw_ptr + cols.to(tl.int64)[:, None] * stride_qn + word[None, :],
-                        mask=col_ok[:, None] & (word * 8 < k_end)[None, :], other=0)  # (BN, BK / 8)
-        scale, zero = _group_scale_zero(scale_ptr, zero_ptr, cols, col_ok, stride_sn, stride_zn, k0, word_in_tile,
-                                        K, G, BK)
+        word, words, scale, zero = _tile_words(qw_ptr, scale_ptr, zero_ptr, cols, col_ok, stride_qn, stride_sn,
+                                               stride_zn, k0, k_end, word_in_tile, K, G, BK)
         products = tl.zeros((BN, BK // 8), dtype=tl.float32)  # (code - zero) * x, per word
         for j in tl.static_range(8):
             kk = word * 8 + j

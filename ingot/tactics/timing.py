@@ -30,20 +30,23 @@ class GemmBench:
     """Random x and weights of one GEMM shape on one device; times tactics on them."""
 
     def __init__(self, n: int, k: int, dtype: torch.dtype, device: torch.device | str):
-        self.device = torch.device(device)
-        props = torch.cuda.get_device_properties(self.device)
-        weight_bytes = n * k * torch.tensor([], dtype=dtype).element_size()
-        copies = min(8, max(1, math.ceil(3 * props.L2_cache_size / weight_bytes)))
+        device = torch.device(device)
+        copies = _copies_past_l2(device, n * k * torch.tensor([], dtype=dtype).element_size())
         scale = k ** -0.5  # keeps outputs O(1), away from bf16's overflow and underflow
-        self.weights = [torch.randn(n, k, device=self.device).mul_(scale).to(dtype) for _ in range(copies)]
-        self.dtype, self.k = dtype, k
+        weights = [torch.randn(n, k, device=device).mul_(scale).to(dtype) for _ in range(copies)]
+        self._set_up(device, weights, weights[0], dtype, k)
+
+    def _set_up(self, device: torch.device, weights: list, dense: torch.Tensor, dtype: torch.dtype, k: int) -> None:
+        """weights: what fn receives, rotated past L2; dense: the (N, K) matrix the reference multiplies."""
+        props = torch.cuda.get_device_properties(device)
+        self.device, self.weights, self.dense, self.dtype, self.k = device, weights, dense, dtype, k
         self._cycles_per_us = props.clock_rate / 1000 if hasattr(props, "clock_rate") else 2000.0
         self._x: torch.Tensor | None = None
         self._ref: torch.Tensor | None = None
 
     def set_batch(self, m: int) -> None:
         self._x = torch.randn(m, self.k, device=self.device).to(self.dtype)
-        self._ref = F.linear(self._x.float(), self.weights[0].float())
+        self._ref = F.linear(self._x.float(), self.dense.float())
 
     def time_us(self, fn: Callable) -> float:
         """Median device time of fn(x, w, None) in microseconds; ValueError if fn is wrong."""
@@ -91,21 +94,15 @@ class Int4Bench(GemmBench):
     def __init__(self, n: int, k: int, group_size: int, dtype: torch.dtype, device: torch.device):
         from ingot.quantization.int4_format import dequantize, round_to_nearest
 
-        self.device = torch.device(device)
-        props = torch.cuda.get_device_properties(self.device)
-        copies = min(8, max(1, math.ceil(3 * props.L2_cache_size / (n * k // 2))))
-        first = torch.randn(n, k, device=self.device).mul_(k ** -0.5).to(dtype)
-        packed = round_to_nearest(first, group_size, dtype)
-        self.weights = [packed] + [tuple(t.clone() for t in packed) for _ in range(copies - 1)]
-        self.dense = dequantize(*packed, k, group_size, dtype)
-        self.dtype, self.k = dtype, k
-        self._cycles_per_us = props.clock_rate / 1000 if hasattr(props, "clock_rate") else 2000.0
-        self._x: torch.Tensor | None = None
-        self._ref: torch.Tensor | None = None
+        device = torch.device(device)
+        packed = round_to_nearest(torch.randn(n, k, device=device).mul_(k ** -0.5).to(dtype), group_size, dtype)
+        weights = [packed] + [tuple(t.clone() for t in packed) for _ in range(_copies_past_l2(device, n * k // 2) - 1)]
+        self._set_up(device, weights, dequantize(*packed, k, group_size, dtype), dtype, k)
 
-    def set_batch(self, m: int) -> None:
-        self._x = torch.randn(m, self.k, device=self.device).to(self.dtype)
-        self._ref = F.linear(self._x.float(), self.dense.float())
+
+def _copies_past_l2(device: torch.device, weight_bytes: int) -> int:
+    """Copies of a weight to rotate over so that each rep reads its weight from HBM, not L2."""
+    return min(8, max(1, math.ceil(3 * torch.cuda.get_device_properties(device).L2_cache_size / weight_bytes)))
 
 
 def int4_linear_fn(tactic: str, group_size: int) -> Callable:
