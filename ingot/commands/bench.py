@@ -9,7 +9,8 @@ _SUBVERBS = ("ingot.bench.offline", "ingot.bench.serve", "ingot.bench.report")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: throughput / latency (offline), serve (online), report (charts)")
+    p = subparsers.add_parser("bench", help="benchmarks: throughput / latency (offline), serve (online), "
+                                            "report (charts of their records)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="KIND")
     for name in _SUBVERBS:
         importlib.import_module(name).register(sub)
