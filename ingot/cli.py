@@ -32,6 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # benchmark records name the command
     # The engine reports its KV-cache size and concurrency at start through the "ingot" logger.
     logging.basicConfig(level=logging.INFO, format="ingot: %(message)s", stream=sys.stderr)
     try:

@@ -36,3 +36,9 @@ def skip_verify() -> bool:
 def set_skip_verify() -> None:
     """`--skip-verify`: this process and the rank processes it starts load without checksums."""
     os.environ["INGOT_SKIP_VERIFY"] = "1"
+
+
+def commit_override() -> str | None:
+    """$INGOT_COMMIT: the commit a benchmark record names, for a copy of the tree without git state
+    (a GPU machine that received the working tree only)."""
+    return os.environ.get("INGOT_COMMIT") or None

@@ -9,12 +9,16 @@ latency:    a batch of identical-shape requests, timed per step: TTFT = time to 
             token, decode tok/s = tokens per sequence after the first / time after the first.
 Prompts are random token ids (no prefix can be shared), EOS is ignored so every request
 generates exactly its output length.
+
+Each run writes the whole record (ingot/bench/record.py): device, commit, command, engine summary,
+the card's ceilings measured in this process before the engine loads, the floor (latency: bytes a
+decode step reads) or ceiling (throughput: FLOPs per output token) computed from the engine's
+config, the ratios, and with --peer the same workload on transformers at the same shapes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -41,7 +45,9 @@ def register(sub) -> None:
         p.add_argument("--max-cache-bytes", type=int, default=None, help="cap on KV cache bytes (CPU default 1 GiB)")
         p.add_argument("--policy", default="max_utilization", choices=["max_utilization", "guaranteed_no_evict"])
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--json", metavar="OUT", help="also write the result as JSON to this file")
+        p.add_argument("--json", metavar="OUT", help="also write the record as JSON to this file")
+        p.add_argument("--peer", choices=["transformers"], default=None,
+                       help="also run the workload on transformers (random weights, same shapes) in a subprocess")
         if name == "throughput":
             p.add_argument("--num-requests", type=int, default=256)
             p.add_argument("--random-lengths", action="store_true",
@@ -66,7 +72,6 @@ def make_workload(num: int, isl: int, osl: int, vocab: int, seed: int, random_le
 
 
 def open_engine(args):
-    from ingot.engine_format import read_spec
     from ingot.config import CacheConfig, SchedulerConfig
     from ingot.runtime.engine import LLMEngine
 
@@ -74,7 +79,7 @@ def open_engine(args):
         from ingot.envs import set_skip_verify
 
         set_skip_verify()
-    spec = read_spec(args.engine)
+    spec = read_engine_spec(args)
     cache = CacheConfig(gpu_memory_fraction=args.kv_fraction, max_cache_bytes=args.max_cache_bytes,
                         enable_prefix_caching=False)
     return LLMEngine(args.engine, cache, device=args.device, attention_backend=args.attention_backend or "auto",
@@ -82,13 +87,41 @@ def open_engine(args):
                      enforce_eager=args.enforce_eager, draft_engine=args.draft_engine)
 
 
+def read_engine_spec(args):
+    from ingot.engine_format import read_spec
+
+    return read_spec(args.engine)
+
+
+def start_record(args, benchmark: str) -> dict:
+    """Header, engine summary and the card's ceilings, measured before the engine takes the memory;
+    the peer's run too when asked (in its own process, so the two never share the card)."""
+    from ingot.bench import record
+    from ingot.bench.ceilings import measure_ceilings
+
+    spec = read_engine_spec(args)
+    device = args.device or ("cuda" if spec.target.kind == "cuda" else "cpu")
+    result = {**record.header(record.device_name(device), getattr(args, "argv", None)), "benchmark": benchmark,
+              "engine": record.engine_summary(spec, args.engine), "model": spec.model.architecture,
+              "dtype": spec.dtype, "quant": spec.quant.method, "isl": args.isl, "osl": args.osl}
+    result.update(measure_ceilings(device, spec.dtype))
+    if args.peer:
+        from ingot.bench.peer import run_peer
+
+        result["peer"] = run_peer(spec, benchmark, args)
+    return result
+
+
 def run_throughput(args: argparse.Namespace) -> int:
+    from ingot.bench.record import add_compute_ceiling
     from ingot.sampling_params import SamplingParams
 
+    result = start_record(args, "throughput")
     engine = open_engine(args)
     work = make_workload(args.num_requests, args.isl, args.osl, engine.spec.model.vocab_size, args.seed,
                          args.random_lengths)
     _warm_up(engine)
+    before = _counters(engine)
     started = time.perf_counter()
     for prompt, osl in zip(work.prompts, work.output_lens):
         engine.add_request(prompt, SamplingParams(max_tokens=osl, temperature=0.0, ignore_eos=True))
@@ -98,21 +131,23 @@ def run_throughput(args: argparse.Namespace) -> int:
         peak_running = max(peak_running, engine.stats.running)
     elapsed = time.perf_counter() - started
     output_tokens, input_tokens = sum(work.output_lens), sum(map(len, work.prompts))
-    result = {
-        "benchmark": "throughput", **_common(engine, args), "num_requests": args.num_requests,
-        "random_lengths": args.random_lengths, "elapsed_s": round(elapsed, 3),
+    result.update({
+        **_runtime(engine, args), "num_requests": args.num_requests, "random_lengths": args.random_lengths,
+        "input_tokens": input_tokens, "output_tokens": output_tokens, "elapsed_s": round(elapsed, 3),
         "request_per_s": round(args.num_requests / elapsed, 3),
         "output_tok_s": round(output_tokens / elapsed, 2), "input_tok_s": round(input_tokens / elapsed, 2),
         "total_tok_s": round((input_tokens + output_tokens) / elapsed, 2),
-        "peak_running": peak_running, "preemptions": engine.stats.preempted_total,
-        "steps": engine.stats.num_steps,
-    }
+        "peak_running": peak_running, **_counters(engine, since=before),
+    })
+    add_compute_ceiling(result, engine.spec, [(len(p), o) for p, o in zip(work.prompts, work.output_lens)])
     return _report(result, args.json)
 
 
 def run_latency(args: argparse.Namespace) -> int:
+    from ingot.bench.record import add_decode_floor
     from ingot.sampling_params import SamplingParams
 
+    result = start_record(args, "latency")
     engine = open_engine(args)
     work = make_workload(args.batch_size, args.isl, args.osl, engine.spec.model.vocab_size, args.seed)
     _warm_up(engine)
@@ -127,14 +162,16 @@ def run_latency(args: argparse.Namespace) -> int:
             engine.step()
             first = first or time.perf_counter()
         end = time.perf_counter()
-        runs.append((first - started, end - started, (args.osl - 1) / max(end - first, 1e-9)))
-    ttft, e2e, decode = (statistics.median(r[i] for r in runs) for i in range(3))
-    result = {
-        "benchmark": "latency", **_common(engine, args), "batch_size": args.batch_size, "repeats": args.repeats,
-        "ttft_ms": round(ttft * 1e3, 2), "e2e_ms": round(e2e * 1e3, 2),
-        "tpot_ms": round(1e3 / decode, 3), "decode_tok_s": round(decode, 2),
-        "decode_tok_s_total": round(decode * args.batch_size, 2),
-    }
+        runs.append({"ttft_ms": round((first - started) * 1e3, 3), "e2e_ms": round((end - started) * 1e3, 3),
+                     "decode_tok_s": round((args.osl - 1) / max(end - first, 1e-9), 3)})
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    result.update({
+        **_runtime(engine, args), "batch_size": args.batch_size, "repeats": args.repeats, "runs": runs,
+        "ttft_ms": round(median["ttft_ms"], 2), "e2e_ms": round(median["e2e_ms"], 2),
+        "tpot_ms": round(1e3 / median["decode_tok_s"], 3), "decode_tok_s": round(median["decode_tok_s"], 2),
+        "decode_tok_s_total": round(median["decode_tok_s"] * args.batch_size, 2),
+    })
+    add_decode_floor(result, engine.spec, args.batch_size, args.isl, args.osl)
     return _report(result, args.json)
 
 
@@ -146,12 +183,23 @@ def _warm_up(engine) -> None:
         engine.step()
 
 
-def _common(engine, args) -> dict:
-    spec = engine.spec
-    return {"engine": args.engine, "model": spec.model.architecture, "dtype": spec.dtype,
-            "device": spec.target.describe(), "attention_backend": engine.attention_backend,
-            "isl": args.isl, "osl": args.osl, "policy": args.policy,
-            "kv_cache_tokens": engine.pool_plan.num_tokens, **_speculation(engine)}
+def _runtime(engine, args) -> dict:
+    """How the engine ran: what the command chose at run time."""
+    return {"attention_backend": engine.attention_backend, "policy": args.policy,
+            "cuda_graphs": engine.device.type == "cuda" and not args.enforce_eager, "kv_cache_tokens": engine.pool_plan.num_tokens,
+            **_speculation(engine)}
+
+
+def _counters(engine, since: dict | None = None) -> dict:
+    """The engine's cumulative counters, or their growth since an earlier reading."""
+    stats = engine.stats
+    now = {"steps": stats.num_steps, "preemptions": stats.preempted_total}
+    for name, attr in (("computed_tokens", "computed_tokens_total"), ("recomputed_tokens", "recomputed_tokens_total")):
+        if hasattr(stats, attr):
+            now[name] = getattr(stats, attr)
+    if since is None:
+        return now
+    return {key: value - since.get(key, 0) for key, value in now.items()}
 
 
 def _speculation(engine) -> dict:
@@ -166,12 +214,14 @@ def _speculation(engine) -> dict:
 
 
 def _report(result: dict, json_path: str | None) -> int:
+    from ingot.bench.record import write
+
     width = max(map(len, result))
     for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
+        if not isinstance(value, (dict, list)):
+            print(f"{key:<{width}}  {value}")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        write(result, json_path)
+        print(f"record written to {json_path}")
     sys.stdout.flush()
     return 0

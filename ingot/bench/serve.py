@@ -46,7 +46,10 @@ def register(sub) -> None:
                    help="do not send ignore_eos=true (for servers that refuse the extension; outputs may end early)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the record as JSON")
+    p.add_argument("--engine", default=None, metavar="DIR",
+                   help="the served engine's directory, when it is on this machine: the record then holds its "
+                        "summary, this card's ceilings (measured before the run) and the compute-ceiling ratio")
     p.set_defaults(func=run)
 
 
@@ -69,13 +72,44 @@ class RequestResult:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    record = _start_record(args)
     summary = asyncio.run(_bench(args))
-    print(format_table(summary))
+    record.update(summary)
+    if args.engine and summary["completed"]:
+        from ingot.bench.record import add_compute_ceiling
+
+        add_compute_ceiling(record, _engine_spec(args), summary.pop("_lengths"))
+    record.pop("_lengths", None)
+    print(format_table(record))
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
+        from ingot.bench.record import write
+
+        write(record, args.json_out)
     return 0 if summary["completed"] else 1
+
+
+def _start_record(args: argparse.Namespace) -> dict:
+    """The record's header; with --engine, the engine summary and the ceilings of the card it runs on."""
+    from ingot.bench import record
+
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key", "argv", "json_out")}
+    config["request_rate"] = str(args.request_rate)
+    if not args.engine:
+        return {**record.header("unknown (the server's; pass --engine DIR on its machine)", getattr(args, "argv", None)),
+                "benchmark": "serve", "config": config}
+    from ingot.bench.ceilings import measure_ceilings
+
+    spec = _engine_spec(args)
+    device = "cuda" if spec.target.kind == "cuda" else "cpu"
+    return {**record.header(record.device_name(device), getattr(args, "argv", None)), "benchmark": "serve",
+            "config": config, "engine": record.engine_summary(spec, args.engine), "dtype": spec.dtype,
+            "quant": spec.quant.method, **measure_ceilings(device, spec.dtype)}
+
+
+def _engine_spec(args: argparse.Namespace):
+    from ingot.engine_format import read_spec
+
+    return read_spec(args.engine)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -106,9 +140,10 @@ async def _bench(args: argparse.Namespace) -> dict:
         results = await _drive(client, model, requests, args)
         duration = time.perf_counter() - started
     summary = summarize(results, duration)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key")}
-    return {**summary, "model": model, "config": {**config, "model": model, "request_rate": str(args.request_rate)},
-            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {**summary, "model": model, "num_requests": args.num_prompts, "isl": args.isl, "osl": args.osl,
+            "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
+            "max_concurrency": args.max_concurrency,
+            "_lengths": [(r.prompt_tokens or 0, r.output_tokens) for r in results if r.ok]}
 
 
 async def _first_model(client) -> str:
@@ -211,9 +246,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def _stats_ms(values: list[float]) -> dict:
     if not values:
-        return {"mean": None, "median": None, "p90": None, "p99": None}
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
     ms = [v * 1000 for v in values]
-    return {"mean": sum(ms) / len(ms), "median": percentile(ms, 50), "p90": percentile(ms, 90),
+    return {"mean": sum(ms) / len(ms), "p50": percentile(ms, 50), "p90": percentile(ms, 90),
             "p99": percentile(ms, 99)}
 
 
@@ -230,7 +265,7 @@ def summarize(results: list[RequestResult], duration: float) -> dict:
         "total_input_tokens": prompt_tokens, "total_output_tokens": output_tokens,
         "mean_input_tokens": prompt_tokens / len(done) if done else None,
         "mean_output_tokens": output_tokens / len(done) if done else None,
-        "request_throughput": len(done) / duration, "output_token_throughput": output_tokens / duration,
+        "request_throughput": len(done) / duration, "output_tok_s": output_tokens / duration,
         "total_token_throughput": (prompt_tokens + output_tokens) / duration,
         **{f"{name}_ms": _stats_ms(values[name]) for name in METRICS},
     }
@@ -248,14 +283,14 @@ def format_table(s: dict) -> str:
              f"{'Total input tokens:':<40}{s['total_input_tokens']}",
              f"{'Total output tokens:':<40}{s['total_output_tokens']}",
              f"{'Request throughput (req/s):':<40}{num(s['request_throughput'])}",
-             f"{'Output token throughput (tok/s):':<40}{num(s['output_token_throughput'])}",
+             f"{'Output token throughput (tok/s):':<40}{num(s['output_tok_s'])}",
              f"{'Total token throughput (tok/s):':<40}{num(s['total_token_throughput'])}"]
     titles = {"ttft": "Time to first token", "tpot": "Time per output token (excl. 1st)",
               "itl": "Inter-token latency", "e2e": "End-to-end latency"}
     for name in METRICS:
         lines.append(f"{' ' + titles[name] + ' ':-^60}")
-        for stat in ("mean", "median", "p90", "p99"):
-            lines.append(f"{f'{stat.capitalize()} {name.upper()} (ms):':<40}{num(s[f'{name}_ms'][stat])}")
+        for stat, label in (("mean", "Mean"), ("p50", "Median"), ("p90", "P90"), ("p99", "P99")):
+            lines.append(f"{f'{label} {name.upper()} (ms):':<40}{num(s[f'{name}_ms'][stat])}")
     for error in s["errors"]:
         lines.append(f"error: {error}")
     return "\n".join(lines + ["=" * 60])

@@ -28,10 +28,21 @@ def test_synthetic_closed_loop(server, tmp_path):
     assert 12 <= result["mean_input_tokens"] <= 48, "the probe scales words to about --isl tokens"
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         stats = result[name]
-        assert 0 < stats["mean"] and stats["median"] <= stats["p90"] <= stats["p99"], name
+        assert 0 < stats["mean"] and stats["p50"] <= stats["p90"] <= stats["p99"], name
     assert result["e2e_ms"]["mean"] >= result["ttft_ms"]["mean"]
-    assert result["request_throughput"] > 0 and result["output_token_throughput"] > 0
+    assert result["request_throughput"] > 0 and result["output_tok_s"] > 0
     assert result["config"]["max_concurrency"] == 4
+    assert result["benchmark"] == "serve" and result["command"].startswith("ingot bench serve ")
+
+
+def test_record_with_the_engine_has_its_ceiling_ratio(server, tmp_path):
+    result = bench(server, tmp_path, "--num-prompts", "4", "--isl", "12", "--osl", "4", "--engine",
+                   str(server.engine_dir))
+    assert result["device"].startswith("cpu") and result["engine"]["architecture"] and result["copy_tbps"] > 0
+    ceiling = result["matmul_tflops"] * 1e12 / result["flops_per_output_token"]
+    assert result["compute_ceiling_tok_s"] == pytest.approx(ceiling, rel=1e-6)
+    assert result["compute_ceiling_ratio"] == pytest.approx(result["output_tok_s"] / result["compute_ceiling_tok_s"],
+                                                            abs=1e-4)
 
 
 def test_jsonl_dataset_with_poisson_arrivals(server, tmp_path):
@@ -68,5 +79,5 @@ def test_summarize_definitions():
     assert (s["completed"], s["failed"], s["errors"]) == (2, 1, ["HTTP 500: boom"])
     assert s["tpot_ms"]["mean"] == pytest.approx(100.0), "(0.5 - 0.1) / (5 - 1); one-token requests have no TPOT"
     assert s["ttft_ms"]["mean"] == pytest.approx(150.0)
-    assert s["request_throughput"] == 1.0 and s["output_token_throughput"] == 3.0
+    assert s["request_throughput"] == 1.0 and s["output_tok_s"] == 3.0
     assert s["total_token_throughput"] == 18.0
