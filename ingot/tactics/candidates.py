@@ -1,7 +1,8 @@
 """Tactic names and what they run.
 
 A tactic is a string stored in the engine: "cublas" (torch.nn.functional.linear, which calls
-cuBLAS/cuBLASLt on CUDA) or "triton:BMxBNxBK:wW:sS" (a configuration of ingot/kernels/gemm.py).
+cuBLAS/cuBLASLt on CUDA), "triton:BMxBNxBK:wW:sS" (a configuration of ingot/kernels/gemm.py) or,
+for steps of at most 4 tokens, "gemv:BNxBK:wW:sS" (ingot/kernels/gemv.py).
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ _TIERS: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 
 
+# Weight-streaming GEMV configs for 1-4 tokens: BN whole columns per program (N / BN programs,
+# >= 256 for every 8B-shape GEMM), BK x BN bf16 strips of 4-16 KB per load.
+_GEMV_MAX_M = 4
+_GEMV = ("gemv:16x256:w4:s3", "gemv:8x512:w4:s3", "gemv:32x256:w8:s3", "gemv:4x1024:w4:s4")
+
+
 def default_candidates(m: int) -> list[str]:
     """cuBLAS first (the safe answer if the time budget runs out), then this M's Triton configs."""
     for limit, configs in _TIERS:
         if m <= limit:
-            return [CUBLAS, *configs]
+            return [CUBLAS, *configs, *(_GEMV if m <= _GEMV_MAX_M else ())]
     raise AssertionError("unreachable: the last tier has no limit")
 
 
@@ -60,8 +67,21 @@ def linear_fn(tactic: str) -> LinearFn:
 
         config = GemmConfig.parse(tactic)
         return functools.partial(_triton_linear, gemm, config)
-    raise ValueError(f"unknown GEMM tactic {tactic!r}: expected 'cublas' or 'triton:BMxBNxBK:wW:sS'")
+    if tactic.startswith("gemv:"):
+        from ingot.kernels.gemv import GemvConfig, gemv
+
+        return functools.partial(_gemv_linear, gemv, GemvConfig.parse(tactic))
+    raise ValueError(f"unknown GEMM tactic {tactic!r}: expected 'cublas', 'triton:BMxBNxBK:wW:sS' "
+                     "or 'gemv:BNxBK:wW:sS'")
 
 
 def _triton_linear(gemm, config, x, weight, bias=None):
     return gemm(x, weight, bias, config=config)
+
+
+def _gemv_linear(gemv, config, x, weight, bias=None):
+    # the table gives a GEMV tactic only to buckets of <= 4 tokens; a larger step (beyond every
+    # bucket) takes cuBLAS rather than a kernel made for a weight stream
+    if x.shape[0] > _GEMV_MAX_M:
+        return F.linear(x, weight, bias)
+    return gemv(x, weight, bias, config=config)

@@ -85,3 +85,30 @@ def test_spent_budget_falls_back_to_cublas():
     table, timings = tune_gemms_with_timings(SMALL_MODEL, torch.bfloat16, [1, 8], time_budget_s=0.0)
     assert all(t == "cublas" for per_m in table.values() for t in per_m.values())
     assert all(not r for per_m in timings.values() for r in per_m.values())
+
+
+GEMV_TACTICS = ("gemv:16x256:w4:s3", "gemv:8x512:w4:s3", "gemv:32x256:w8:s3", "gemv:4x1024:w4:s4")
+
+
+@pytest.mark.parametrize("tactic", GEMV_TACTICS)
+@pytest.mark.parametrize("m,n,k", [(1, 6144, 4096), (2, 4096, 14336), (3, 1000, 4100), (4, 37, 100)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemv_tactics(tactic, m, n, k, dtype):
+    x, w = _inputs(m, n, k, dtype, seed=m + n)
+    bias = torch.randn(n, device="cuda").to(dtype) if k % 2 else None
+    x.new_full((m, n), float("nan"))  # poison the block the output may get
+    out = linear_fn(tactic)(x, w, bias)
+    ref = x.double() @ w.double().T + (bias.double() if bias is not None else 0)
+    assert torch.isfinite(out).all() and _rel_err(out, ref) < 1e-2
+
+
+def test_gemv_captures_in_a_cuda_graph():
+    x, w = _inputs(1, 4096, 4096, torch.bfloat16, seed=3)
+    fn = linear_fn("gemv:16x256:w4:s3")
+    fn(x, w, None)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(x, w, None)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert _rel_err(out, x.double() @ w.double().T) < 1e-2

@@ -104,7 +104,8 @@ def test_pick_empty_table_is_cublas():
 def test_default_candidates_by_tier():
     decode, prefill = default_candidates(1), default_candidates(2048)
     assert decode[0] == prefill[0] == "cublas"
-    assert all(t.startswith("triton:16x") for t in decode[1:])
+    assert all(t.startswith(("triton:16x", "gemv:")) for t in decode[1:])
+    assert any(t.startswith("gemv:") for t in decode) and not any(t.startswith("gemv:") for t in default_candidates(8))
     assert all(t.startswith("triton:128x") for t in prefill[1:])
     assert len(all_default_triton()) <= 10  # each is a compile at build time
     pytest.importorskip("triton")

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Llama-3.1-8B shape (random weights), bf16, one GPU: every record is written by `ingot bench`.
+#
+#   bench/llama8b_gpu.sh OUT_DIR STEP [STEP ...]
+#
+# Steps (each writes OUT_DIR/<name>.json, a whole record: device, commit, command, ceilings, floors, ratios):
+#   build                      ingot build --load-format dummy (max batch 1024, prompts up to 2048, 8192 tokens
+#                              a step; GEMM tactics tuned on this GPU, build log in OUT_DIR/build.log)
+#   latency                    batch 1, ISL/OSL 128/128, with transformers as the peer
+#   latency-2048               batch 1, ISL/OSL 2048/128
+#   tput:ISL:OSL:N             offline throughput, N requests at once (tput-random:ISL:OSL:N: random lengths)
+# The GPU machine has no git state: export INGOT_COMMIT=<the commit whose tree was sent>.
+set -euo pipefail
+out=$1; shift
+mkdir -p "$out"
+engine=${INGOT_BENCH_ENGINE:-/tmp/ingot-engines/llama-3.1-8b-bf16}
+config=$(dirname "$0")/configs/llama-3.1-8b.json
+ingot() { python -m ingot.cli "$@"; }
+for step in "$@"; do
+  IFS=: read -r name isl osl num <<<"$step"
+  case $name in
+    build)
+      ingot build "$config" --load-format dummy -o "$engine" --max-batch-size 1024 --max-seq-len 4352 \
+        --max-input-len 2048 --max-num-tokens 8192 2>&1 | tee "$out/build.log" ;;
+    latency)
+      ingot bench latency "$engine" --isl 128 --osl 128 --batch-size 1 --repeats 5 --peer transformers \
+        --skip-verify --json "$out/latency-b1-128-128.json" ;;
+    latency-2048)
+      ingot bench latency "$engine" --isl 2048 --osl 128 --batch-size 1 --repeats 3 \
+        --skip-verify --json "$out/latency-b1-2048-128.json" ;;
+    tput)
+      ingot bench throughput "$engine" --isl "$isl" --osl "$osl" --num-requests "$num" --skip-verify \
+        --json "$out/throughput-$isl-$osl-$num.json" ;;
+    tput-random)
+      ingot bench throughput "$engine" --isl "$isl" --osl "$osl" --num-requests "$num" --random-lengths \
+        --skip-verify --json "$out/throughput-random-$isl-$osl-$num.json" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,116 @@
+"""out = x @ w.T (+ bias) for decode steps of 1 to 4 tokens: a weight stream without tensor cores.
+
+At one token a linear layer is a matrix-vector product: each weight is read once and used once,
+so the kernel's only job is to keep enough bytes in flight to run at the card's copy speed.
+tl.dot needs 16 rows (15 of 16 padding at M = 1) and split-K GEMVs need a second reduce kernel;
+this kernel instead gives each program BN whole output columns and walks K in BK-wide strips:
+
+    acc[m, n, k] += x[m, k0 + k] * w[n, k0 + k]      (fp32, BM x BN x BK per program)
+    out[m, n]     = sum_k acc[m, n, k] (+ bias[n])   (one reduction, after the loop)
+
+BM is M rounded up to a power of two (<= 4); the weight strip is loaded once for all M rows.
+A config is (BN, BK, num_warps, num_stages); its tactic name is "gemv:BNxBK:wW:sS".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2
+
+MAX_M = 4  # above this the tiled GEMM (tensor cores) wins: the weight is reused across rows
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def name(self) -> str:
+        return f"gemv:{self.block_n}x{self.block_k}:w{self.num_warps}:s{self.num_stages}"
+
+    @staticmethod
+    def parse(name: str) -> "GemvConfig":
+        """'gemv:16x256:w4:s3' -> GemvConfig(16, 256, 4, 3), with a clear error otherwise."""
+        try:
+            kind, blocks, warps, stages = name.split(":")
+            bn, bk = (int(b) for b in blocks.split("x"))
+            assert kind == "gemv" and warps[0] == "w" and stages[0] == "s"
+            config = GemvConfig(bn, bk, int(warps[1:]), int(stages[1:]))
+        except (ValueError, AssertionError, IndexError):
+            raise ValueError(f"tactic {name!r} is not of the form 'gemv:BNxBK:wW:sS'") from None
+        if any(b < 1 or b & (b - 1) for b in (bn, bk)):
+            raise ValueError(f"tactic {name!r}: block sizes must be powers of two")
+        return config
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
+    rows = tl.arange(0, BM)
+    ks = tl.arange(0, BK)
+    col_ok = cols < N
+    row_ok = rows < M
+    w_strip = w_ptr + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]  # (BN, BK)
+    x_strip = x_ptr + rows[:, None] * stride_xm + ks[None, :]  # (BM, BK)
+    acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
+    for k0 in tl.range(0, K, BK, num_stages=NUM_STAGES):
+        if EVEN_K:
+            w = tl.load(w_strip + k0, mask=col_ok[:, None], other=0.0, eviction_policy="evict_first")
+            x = tl.load(x_strip + k0, mask=row_ok[:, None], other=0.0)
+        else:
+            k_ok = (k0 + ks) < K
+            w = tl.load(w_strip + k0, mask=col_ok[:, None] & k_ok[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x = tl.load(x_strip + k0, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    out = tl.sum(acc, axis=2)  # (BM, BN)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    dst = out_ptr + rows[:, None] * stride_om + cols[None, :]
+    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
+    check_dtype(x, "x")
+    if w.dtype != x.dtype:
+        raise ValueError(f"weight: dtype {w.dtype} differs from x's {x.dtype}")
+    check_shape(w, "weight", (None, x.shape[-1]))
+    check_last_dim_contiguous(x, "x")
+    check_last_dim_contiguous(w, "weight")
+    tensors = {"x": x, "weight": w}
+    if bias is not None:
+        check_shape(bias, "bias", (w.shape[0],))
+        if bias.dtype != x.dtype or not bias.is_contiguous():
+            raise ValueError(f"bias: must be contiguous {x.dtype}, got {bias.dtype} strides {bias.stride()}")
+        tensors["bias"] = bias
+    check_same_device(**tensors)
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig = GemvConfig(16, 256)) -> torch.Tensor:
+    """x (..., K) @ w (N, K).T + bias (N,) -> (..., N) for at most MAX_M rows of x."""
+    _check(x, w, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    (m, k), n = x2.shape, w.shape[0]
+    if m > MAX_M:
+        raise ValueError(f"gemv: x has {m} rows; this kernel takes at most {MAX_M} (use the tiled GEMM)")
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out.view(*lead, n)
+    c = config
+    grid = (triton.cdiv(n, c.block_n),)
+    _gemv_kernel[grid](x2, w, bias if bias is not None else out, out, m, n, k, x2.stride(0), w.stride(0),
+                       out.stride(0), BM=next_pow2(m), BN=c.block_n, BK=c.block_k, HAS_BIAS=bias is not None,
+                       EVEN_K=k % c.block_k == 0, NUM_STAGES=c.num_stages, num_warps=c.num_warps)
+    return out.view(*lead, n)
