@@ -87,7 +87,8 @@ class EngineSpec:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
-    load_format: str = "auto"  # "dummy": random weights at the model's shapes, no tokenizer
+    load_format: str = "auto"  # "dummy": random weights at the model's shapes, no tokenizer unless --tokenizer
+    tokenizer_source: str = ""  # the --tokenizer path of a dummy build; "" when it came with `source` (or is absent)
     tactics: dict[str, dict[str, str]] = field(default_factory=dict)  # gemm -> {token bucket: tactic}
     tactic_timings: dict = field(default_factory=dict)  # gemm -> {bucket: {tactic: microseconds}}
     build_seconds: float = 0.0
@@ -113,6 +114,7 @@ class EngineSpec:
             "versions": self.versions,
             "source": self.source,
             "load_format": self.load_format,
+            "tokenizer_source": self.tokenizer_source,
             "tactics": self.tactics,
             "tactic_timings": self.tactic_timings,
             "build_seconds": round(self.build_seconds, 3),
@@ -132,6 +134,7 @@ class EngineSpec:
             versions=data.get("versions", {}),
             source=data.get("source", ""),
             load_format=data.get("load_format", "auto"),
+            tokenizer_source=data.get("tokenizer_source", ""),
             tactics=data.get("tactics", {}),
             tactic_timings=data.get("tactic_timings", {}),
             build_seconds=data.get("build_seconds", 0.0),

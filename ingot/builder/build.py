@@ -19,7 +19,8 @@ from ingot.builder import stages
 from ingot.builder.checkpoint import load_checkpoint
 from ingot.builder.quantized_checkpoints import detect as detect_quantized
 from ingot.builder.quantized_checkpoints import import_tensors as import_quantized
-from ingot.builder.dummy import dummy_tensors, read_config_json
+from ingot.builder.dummy import check_tokenizer_fits, dummy_tensors, read_config_json
+from ingot.builder.dummy import tokenizer_files as dummy_tokenizer_files
 from ingot.builder.tuning import tune_tactics
 from ingot.config import BuildConfig, ModelConfig, ParallelConfig, QuantConfig, SpeculativeConfig
 from ingot.engine_format import (ENGINE_JSON, EngineSpec, current_device, software_versions, torch_dtype,
@@ -44,18 +45,24 @@ def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> st
 
 def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig | None = None,
                  device: str | None = None, load_format: str = "auto", parallel: ParallelConfig | None = None,
-                 quant: QuantConfig | None = None, speculative: SpeculativeConfig | None = None) -> EngineSpec:
+                 quant: QuantConfig | None = None, speculative: SpeculativeConfig | None = None,
+                 tokenizer: str | Path | None = None) -> EngineSpec:
     """Build MODEL (checkpoint folder, .gguf file or preset name; with load_format="dummy", a
-    config.json whose shapes get random weights) into output_dir, one weight file per rank of
-    `parallel`, stored as `quant` says, drafting as `speculative` says."""
+    config.json whose shapes get random weights, and the `tokenizer` file or folder if given) into
+    output_dir, one weight file per rank of `parallel`, stored as `quant` says, drafting as
+    `speculative` says."""
     started = time.perf_counter()
     build_config, quant = build_config or BuildConfig(), quant or QuantConfig()
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     if load_format not in LOAD_FORMATS:
         raise ConfigError(f"load_format={load_format!r} is unknown; use one of {', '.join(LOAD_FORMATS)}")
+    if tokenizer is not None and load_format != "dummy":
+        raise ConfigError(f"--tokenizer is for --load-format dummy builds; {model} is a checkpoint, which brings "
+                          "its own tokenizer (the engine's ids must be the weights' ids): drop --tokenizer")
     checkpoint = None if load_format == "dummy" else load_checkpoint(model)
     hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
+    tokenizer_files = _tokenizer_files(checkpoint, tokenizer, hf_config)
     model_config = model_config_of(hf_config, str(model))
     imported = detect_quantized(hf_config, str(model)) if checkpoint is not None else None
     if imported is not None:
@@ -70,12 +77,15 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     dtype = resolve_dtype(build_config.dtype, model_config.checkpoint_dtype, target.kind)
     spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target, mapping=mapping,
                       quant=quant, speculative=speculative or SpeculativeConfig(), versions=software_versions(),
-                      source=str(model), load_format=load_format)
+                      source=str(model), load_format=load_format,
+                      tokenizer_source=str(Path(tokenizer).expanduser().resolve()) if tokenizer is not None else "")
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        for name, content in (checkpoint.tokenizer_files.items() if checkpoint else ()):
+        for name, content in tokenizer_files.items():
             (staging / name).write_bytes(content)
+        if spec.tokenizer_source:
+            check_tokenizer_fits(staging, model_config.vocab_size, str(tokenizer))
         scheme = make_scheme(spec.quant)
         context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
         stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
@@ -93,6 +103,13 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return spec
+
+
+def _tokenizer_files(checkpoint, tokenizer: str | Path | None, hf_config: dict) -> dict[str, bytes]:
+    """The checkpoint's tokenizer files, or those --tokenizer names for random weights, or none."""
+    if checkpoint is not None:
+        return checkpoint.tokenizer_files
+    return dummy_tokenizer_files(tokenizer, hf_config) if tokenizer is not None else {}
 
 
 def _engine_tensors(spec: EngineSpec, checkpoint, imported=None) -> stages.Tensors:

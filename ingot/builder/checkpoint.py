@@ -181,6 +181,13 @@ def _tokenizer_files(folder: Path, hf_config: dict[str, Any]) -> dict[str, bytes
             f"{folder}: no tokenizer.json; ingot needs a fast (tokenizers-library) tokenizer: save one with "
             f"transformers' AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
         )
+    return tokenizer_files(tokenizer_path, hf_config, folder)
+
+
+def tokenizer_files(tokenizer_path: Path, hf_config: dict[str, Any], folder: Path | None) -> dict[str, bytes]:
+    """The engine's tokenizer files: tokenizer.json, the optional files and chat template found in
+    `folder` (None: the tokenizer.json alone), and tokenizer_config.json with bos/eos filled from
+    the model's config where the tokenizer's own files do not name them."""
     raw = tokenizer_path.read_bytes()
     try:
         backend = tokenizers.Tokenizer.from_str(raw.decode("utf-8"))
@@ -188,7 +195,7 @@ def _tokenizer_files(folder: Path, hf_config: dict[str, Any]) -> dict[str, bytes
         raise CheckpointError(f"{tokenizer_path}: not a valid tokenizer.json ({exc})") from exc
     files = {"tokenizer.json": raw}
     for name in OPTIONAL_TOKENIZER_FILES:
-        if (folder / name).is_file():
+        if folder is not None and (folder / name).is_file():
             read_json(folder / name, name)  # fail here on a broken file, not later in the engine
             files[name] = (folder / name).read_bytes()
     generation = json.loads(files["generation_config.json"]) if "generation_config.json" in files else {}
@@ -197,12 +204,12 @@ def _tokenizer_files(folder: Path, hf_config: dict[str, Any]) -> dict[str, bytes
     return files
 
 
-def _tokenizer_config(folder: Path, backend: tokenizers.Tokenizer, hf_config: dict[str, Any],
+def _tokenizer_config(folder: Path | None, backend: tokenizers.Tokenizer, hf_config: dict[str, Any],
                       generation: dict[str, Any]) -> dict[str, Any]:
     """tokenizer_config.json with the chat template folded in and bos/eos/add_bos_token filled."""
-    path = folder / "tokenizer_config.json"
-    config = read_json(path, "tokenizer_config.json") if path.is_file() else {}
-    template = _chat_template(folder)
+    path = folder / "tokenizer_config.json" if folder is not None else None
+    config = read_json(path, "tokenizer_config.json") if path is not None and path.is_file() else {}
+    template = _chat_template(folder) if folder is not None else None
     if template is not None:
         config["chat_template"] = template
     for key in ("bos_token", "eos_token"):

@@ -35,6 +35,11 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
+    p.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
+                   help="--load-format dummy only: a tokenizer.json, or a folder holding one (its "
+                        "tokenizer_config.json, special_tokens_map.json, generation_config.json and chat template are "
+                        "copied too), so the engine reads and writes text; its vocabulary, added tokens included, must "
+                        "fit the config's vocab_size. A checkpoint brings its own tokenizer: with one, it is refused")
     p.add_argument("--cuda-graph-batch-sizes", type=_int_list, default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
     p.add_argument("--quant", default="none", choices=list(build_choices()),
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     speculative = SpeculativeConfig(args.speculative, args.max_draft_len)
     spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format,
-                        parallel=parallel, quant=quant, speculative=speculative)
+                        parallel=parallel, quant=quant, speculative=speculative, tokenizer=args.tokenizer)
     ranks = f", {spec.world_size} ranks (tp {parallel.tp}, pp {parallel.pp})" if spec.world_size > 1 else ""
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
           f"{spec.target.describe()}{ranks}, in {time.perf_counter() - started:.1f} s")

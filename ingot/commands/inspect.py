@@ -59,9 +59,18 @@ def describe(spec, files: dict[str, dict]) -> list[str]:
         f"speculative    {_describe_speculative(spec.speculative)}",
         *(f"weights        {name}: {len(f['tensors'])} tensors, {f['bytes'] / 2**20:.1f} MiB" for name, f in files.items()),
         "software       " + ", ".join(f"{k} {v}" for k, v in spec.versions.items()),
-        f"weights from   {'random (--load-format dummy), no tokenizer' if spec.load_format == 'dummy' else spec.source}",
+        f"weights from   {_describe_origin(spec)}",
         *describe_tactics(spec),
     ]
+
+
+def _describe_origin(spec) -> str:
+    """Where the weights and the tokenizer came from."""
+    if spec.load_format != "dummy":
+        return f"{spec.source} (tokenizer too)"
+    if spec.tokenizer_source:
+        return f"random (--load-format dummy); tokenizer from {spec.tokenizer_source} (--tokenizer)"
+    return "random (--load-format dummy), no tokenizer (token ids only; --tokenizer at build gives one)"
 
 
 def _describe_quant(quant) -> str:
