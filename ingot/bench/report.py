@@ -161,5 +161,5 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:g}"
+        return "inf" if math.isinf(value) else f"{value:.10g}"  # the recorded digits, not float noise
     return str(value)

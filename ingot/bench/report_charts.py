@@ -161,7 +161,7 @@ def published_figures(items, key: str) -> list[tuple[str, float]]:
 
 
 def serve_charts(records: list[Record]) -> list[Chart]:
-    points, superseded = newest(records, lambda r: (series_name(r), number(r.data["request_rate"])))
+    points, superseded = newest(records, lambda r: (serve_series_name(r), number(r.data["request_rate"])))
     rates = sorted({rate for _, rate in points})  # inf ("all at once") last
     series = by_series(points)
     latency_fig, tput_fig = Figure(figsize=(12, 4.5)), Figure(figsize=(8, 4.5))
@@ -190,6 +190,12 @@ def serve_charts(records: list[Record]) -> list[Chart]:
                   ("series", "request rate", "output tok/s", "file"), tput_rows, note)]
 
 
+def serve_series_name(record: Record) -> str:
+    """A closed loop (--max-concurrency) is another configuration than open Poisson arrivals at the same rate."""
+    concurrency = record.data.get("max_concurrency")
+    return series_name(record) + (f" · concurrency {concurrency}" if concurrency is not None else "")
+
+
 def percentile(record: Record, metric: str, q: str) -> float | None:
     """record["ttft_ms"]["p50"] and the like; `ingot bench serve` has called p50 "median"."""
     stats = record.data.get(f"{metric}_ms")
@@ -209,7 +215,7 @@ def series_name(record: Record, lengths: bool = True) -> str:
     """device · model · dtype[/quant] [· ISL/OSL]: the configuration a line or a bar colour stands for."""
     d = record.data
     quant = d.get("quant") if d.get("quant") not in (None, "none") else None  # records write "none" or null
-    precision = f"{d.get('dtype')}{'/' + str(quant) if quant else ''}"
+    precision = f"{d.get('dtype') or 'dtype ?'}{'/' + str(quant) if quant else ''}"  # a server's dtype may be unknown
     model = str(d.get("model")).split(" (")[0][:40]  # records may describe the model at length in brackets
     name = f"{d.get('device')} · {model} · {precision}"
     return f"{name} · {d.get('isl')}/{d.get('osl')}" if lengths else name

@@ -49,6 +49,7 @@ def _write_records(directory: Path) -> None:
                                                                    "generate_batch": {"output_tok_s": 402.5}}),
         "serve-4.json": _serve(4.0, 512.5, 77.25),
         "serve-inf.json": _serve(float("inf"), 2048.5, 412.75),
+        "serve-inf-c8.json": {**_serve("inf", 1024.5, 300.0), "max_concurrency": 8},  # how `bench serve` spells inf
     }
     for name, record in records.items():
         (directory / name).write_text(json.dumps(record))  # inf is written as Infinity, which json reads back
@@ -74,13 +75,14 @@ def test_report_draws_every_kind_and_lists_what_it_skipped(tmp_path, capsys):
     for label in ("peer: transformers (NVIDIA H200)", "peer: transformers, generate_batch (NVIDIA H200)",
                   "published: TensorRT-LLM docs, H100, fp8"):
         assert f"<td>{label}</td>" in page
-    for name in ("lat-b1.json", "lat-b8.json", "tput-128-128.json", "serve-inf.json"):
+    for name in ("lat-b1.json", "lat-b8.json", "tput-128-128.json", "serve-inf.json", "serve-inf-c8.json"):
         assert f"<td>{name}</td>" in page
     assert "<td>1111</td>" not in page and "newer record gives the same point: lat-b8-old.json" in page
     skipped = page.split("Skipped files", 1)[1]
     assert "old-shape.json" in skipped and 'no "benchmark" key' in skipped
     assert "broken.json" in skipped and "not valid JSON" in skipped
-    assert "4 chart(s) from 7 record(s); 2 file(s) skipped" in capsys.readouterr().out
+    assert "<td>NVIDIA H200 · LlamaForCausalLM · bf16 · 128/128 · concurrency 8</td>" in page  # its own series
+    assert "4 chart(s) from 8 record(s); 2 file(s) skipped" in capsys.readouterr().out
 
 
 def test_report_draws_only_the_kinds_it_has(tmp_path):
