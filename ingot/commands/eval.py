@@ -53,7 +53,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     if llm.tokenizer is None:
         from ingot.errors import ConfigError
 
-        raise ConfigError(f"engine {args.engine} has no tokenizer (built with --load-format dummy): it cannot read a text")
+        raise ConfigError(f"engine {args.engine} has no tokenizer (built with --load-format dummy): it cannot read a "
+                          "text; rebuild it with --tokenizer DIR_OR_FILE")
     token_ids = llm.tokenizer.encode(text)
     window = args.window or min(DEFAULT_WINDOW, llm.engine.spec.build.max_input_len)
     stride = args.stride or max(window // 2, 1)

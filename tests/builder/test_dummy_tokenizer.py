@@ -113,3 +113,15 @@ def test_a_checkpoint_keeps_its_own_tokenizer(tmp_path, capsys):
     assert main(["build", str(tmp_path), "-o", str(tmp_path / "engine"), "--tokenizer",
                  str(tmp_path / "tokenizer.json")]) == 2
     assert "--tokenizer is for --load-format dummy builds" in capsys.readouterr().err
+
+
+def test_without_a_tokenizer_text_commands_name_the_flag(tmp_path, capsys):
+    engine = tmp_path / "engine"
+    assert _build(_config(tmp_path), engine) == 0
+    (tmp_path / "text.txt").write_text(" ".join(CORPUS))
+    capsys.readouterr()
+    assert main(["eval", "perplexity", str(engine), "--text", str(tmp_path / "text.txt"), "--device", "cpu",
+                 "--output", str(tmp_path / "ppl.json")]) == 2
+    assert "has no tokenizer" in (err := capsys.readouterr().err) and "rebuild it with --tokenizer" in err
+    assert main(["inspect", str(engine)]) == 0
+    assert "no tokenizer (token ids only; --tokenizer at build gives one)" in capsys.readouterr().out
