@@ -1,8 +1,8 @@
 """The peer on the same card: transformers, random weights at the engine's shapes, the same workload.
 
-    latency     `generate` of a batch of equal-length prompts: with a static cache and torch.compile ("static_compile"), and
-                with transformers' default dynamic cache ("dynamic"); TTFT from a 1-token call,
-                decode tok/s from the rest of a full call
+    latency     `generate` of a batch of equal-length prompts: with a static cache, which transformers
+                compiles itself ("static_compile"), and with its default dynamic cache ("dynamic");
+                TTFT from a 1-token call, decode tok/s from the rest of a full call
     throughput  `generate_batch` (transformers' continuous batching), all requests at once
 
 It runs in a subprocess (`python -m ingot.bench.peer`, arguments as JSON on stdin, the result as
@@ -88,8 +88,6 @@ def peer_latency(job: dict) -> dict:
     result = {"name": f"transformers {transformers.__version__} generate", "batch_size": job["batch_size"]}
     for label, cache in (("static_compile", "static"), ("dynamic", None)):
         try:
-            if cache == "static":
-                model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
             gen = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0,
                        **({"cache_implementation": cache} if cache else {}))
             for _ in range(2):  # compile / warm-up
@@ -106,8 +104,6 @@ def peer_latency(job: dict) -> dict:
                              "decode_tok_s": round((osl - 1) / ((t2 - t1) - (t1 - t0)), 2)}
         except Exception as exc:  # recorded: the peer's fast path may not work in every version
             result[label] = {"error": repr(exc)[:500]}
-        finally:
-            model.forward = type(model).forward.__get__(model)
     rates = [v["decode_tok_s"] for v in result.values() if isinstance(v, dict) and "decode_tok_s" in v]
     if rates:
         result["decode_tok_s"] = max(rates)

@@ -132,11 +132,13 @@ def test_batch_invariance_on_gpu(engine_dir):
     assert exact >= len(prompts) // 2
 
 
-def _diverges_only_at_near_ties(prompts, together, solos, together_logprobs=None, noise=0.05):
+def _diverges_only_at_near_ties(prompts, together, solos, together_logprobs=None, noise=0.1):
     """Return how many batched outputs equal their solo run exactly. bf16 GEMMs round differently
-    at another batch size (another M, another tuned kernel), and with random weights the model's
-    top two tokens are often close, so a divergence is accepted only at a near-tie: where the solo
-    run's top two log-probabilities are within bf16 noise (`noise`, 0.05). With the batched
+    at another batch size (another M, another tuned kernel: one token takes the GEMV kernel, which
+    sums each column in one fp32 pass, a batch takes tensor-core tiles), and with random weights the
+    model's top two tokens are often close, so a divergence is accepted only at a near-tie: where
+    the solo run's top two log-probabilities are within bf16 noise (`noise`, 0.1: three bf16 steps
+    of a log-probability between -4 and -8, where a step is 1/32). With the batched
     log-probabilities at hand, the chosen tokens' log-probabilities must also agree within that noise
     up to there."""
     exact = 0
