@@ -9,11 +9,14 @@
 #   latency                    batch 1, ISL/OSL 128/128, with transformers as the peer
 #   latency-2048               batch 1, ISL/OSL 2048/128
 #   tput:ISL:OSL:N             offline throughput, N requests at once (tput-random:ISL:OSL:N: random lengths)
+# INGOT_BENCH_QUANT=int4_rtn (any --quant choice) builds and measures that precision instead of bf16.
 # The GPU machine has no git state: export INGOT_COMMIT=<the commit whose tree was sent>.
 set -euo pipefail
 out=$1; shift
 mkdir -p "$out"
-engine=${INGOT_BENCH_ENGINE:-/tmp/ingot-engines/llama-3.1-8b-bf16}
+quant=${INGOT_BENCH_QUANT:-none}
+engine=${INGOT_BENCH_ENGINE:-/tmp/ingot-engines/llama-3.1-8b-$quant}
+tag=$([ "$quant" = none ] && echo "" || echo "-$quant")
 config=$(dirname "$0")/configs/llama-3.1-8b.json
 ingot() { python -m ingot.cli "$@"; }
 for step in "$@"; do
@@ -21,19 +24,19 @@ for step in "$@"; do
   case $name in
     build)
       ingot build "$config" --load-format dummy -o "$engine" --max-batch-size 1024 --max-seq-len 4352 \
-        --max-input-len 2048 --max-num-tokens 8192 2>&1 | tee "$out/build.log" ;;
+        --max-input-len 2048 --max-num-tokens 8192 --quant "$quant" 2>&1 | tee "$out/build$tag.log" ;;
     latency)
       ingot bench latency "$engine" --isl 128 --osl 128 --batch-size 1 --repeats 5 --peer transformers \
-        --skip-verify --json "$out/latency-b1-128-128.json" ;;
+        --skip-verify --json "$out/latency-b1-128-128$tag.json" ;;
     latency-2048)
       ingot bench latency "$engine" --isl 2048 --osl 128 --batch-size 1 --repeats 3 \
-        --skip-verify --json "$out/latency-b1-2048-128.json" ;;
+        --skip-verify --json "$out/latency-b1-2048-128$tag.json" ;;
     tput)
       ingot bench throughput "$engine" --isl "$isl" --osl "$osl" --num-requests "$num" --skip-verify \
-        --json "$out/throughput-$isl-$osl-$num.json" ;;
+        --json "$out/throughput-$isl-$osl-$num$tag.json" ;;
     tput-random)
       ingot bench throughput "$engine" --isl "$isl" --osl "$osl" --num-requests "$num" --random-lengths \
-        --skip-verify --json "$out/throughput-random-$isl-$osl-$num.json" ;;
+        --skip-verify --json "$out/throughput-random-$isl-$osl-$num$tag.json" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -29,9 +29,11 @@ import json
 
 import torch
 from benchlib import record_header, write_record
-from floors import decode_mean_context, decode_step_bytes
-from gpu_llama8b import CONFIG, ceilings
+from ingot.bench.ceilings import measure_ceilings
+from ingot.bench.floors import decode_mean_context, decode_step_bytes
+from ingot.config import ModelConfig
 
+CONFIG = Path(__file__).resolve().parent / "configs" / "llama-3.1-8b.json"
 ENGINE = Path("/tmp/ingot-engines/llama-3.1-8b-bf16-spec")
 MAX_DRAFT = 5
 
@@ -147,7 +149,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     header = record_header(torch.cuda.get_device_name())
-    ceiling = ceilings()
+    ceiling = measure_ceilings("cuda", "bf16")
     build_s = build()
     engine = _engine()
     record = {**header, "model": "llama-3.1-8b (random weights)", "dtype": "bf16", "quant": "none",
@@ -155,7 +157,8 @@ def main() -> int:
               "copy_tbps": ceiling["copy_tbps"], "matmul_tflops": ceiling["matmul_tflops"],
               "verify_cost": [verify_cost(engine, b) for b in (1, 8)], "oracle_batch1": oracle(engine)}
     # the plain decode's floor (BENCHMARKS.md); drafted decoding may pass it: that is its point
-    step_bytes = decode_step_bytes(json.loads(CONFIG.read_text()), 1, decode_mean_context(128, 128))["total"]
+    model = ModelConfig.from_hf(json.loads(CONFIG.read_text()))
+    step_bytes = decode_step_bytes(model, "bf16", 1, decode_mean_context(128, 128))["total"]
     record["decode_step_bytes"] = step_bytes
     record["decode_floor_tok_s"] = ceiling["copy_tbps"] * 1e12 / step_bytes
     record["plain_decode_floor_ratio"] = record["oracle_batch1"]["plain_decode_tok_s"] / record["decode_floor_tok_s"]

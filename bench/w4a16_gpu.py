@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from benchlib import graph_seconds, record_header, write_record
-from gpu_llama8b import CONFIG, ceilings
+
+from ingot.bench.ceilings import measure_ceilings
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "llama-3.1-8b.json"
 
 GROUP = 128
 MS = (1, 2, 4, 8, 16, 32, 64)
@@ -147,7 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     header = record_header(torch.cuda.get_device_name())
     hf = json.loads(CONFIG.read_text())
-    ceiling = ceilings()
+    ceiling = measure_ceilings("cuda", "bf16")
     rows = [row for name, (n, k) in layer_shapes(hf).items() for row in measure_shape(name, n, k)]
     for row in rows:
         row["ingot_best_tbps"] = row["int4_bytes"] / row["ingot_best_s"] / 1e12
