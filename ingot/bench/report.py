@@ -46,6 +46,8 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="draw benchmark records (bench/results/*.json) as charts in one HTML page")
     p.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="directories of JSON records, or record files")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--png-dir", default=None, metavar="DIR",
+                   help="also write each chart as DIR/<slug of its title>.png (README shows one of these)")
     p.set_defaults(func=run)
 
 
@@ -53,9 +55,20 @@ def run(args: argparse.Namespace) -> int:
     records, skipped = read_records(collect_files(args.paths))
     charts = _draw(records)
     Path(args.output).write_text(render_html(charts, skipped, args.paths), encoding="utf-8")
+    if args.png_dir:
+        _write_pngs(charts, Path(args.png_dir))
     print(f"wrote {args.output}: {len(charts)} chart(s) from {len(records)} record(s); "
           f"{len(skipped)} file(s) skipped (listed at the bottom of the page)")
     return 0
+
+
+def _write_pngs(charts: list, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for chart in charts:
+        slug = "".join(c if c.isalnum() else "-" for c in chart.title.lower()).strip("-")
+        path = directory / f"{'-'.join(filter(None, slug.split('-')))}.png"
+        path.write_bytes(chart.png)
+        print(f"wrote {path}")
 
 
 def _draw(records: list[Record]) -> list:

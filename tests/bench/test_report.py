@@ -116,3 +116,13 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'ingot[report]'" in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_png_dir_holds_each_chart_as_a_file(tmp_path):
+    (tmp_path / "lat.json").write_text(json.dumps(_latency(1, 100.0, 0.5)))
+    pngs = tmp_path / "charts"
+    assert main(["bench", "report", str(tmp_path / "lat.json"), "-o", str(tmp_path / "r.html"),
+                 "--png-dir", str(pngs)]) == 0
+    files = list(pngs.glob("*.png"))
+    assert [f.name for f in files] == ["latency-decode-speed-against-batch-size.png"]
+    assert files[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
