@@ -104,8 +104,8 @@ class LLMEngine:
         self.fill_drafts_to = draft_len if graphs is not None and 1 + draft_len in graphs.tokens_per_seq else 0
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "generated": 0, "drafts": 0, "accepted": 0,
-                        "verify_steps": 0, "draft_seconds": 0.0}
+        self._totals = {"steps": 0, "prompt": 0, "prompt_computed": 0, "computed": 0, "recomputed": 0, "generated": 0,
+                        "drafts": 0, "accepted": 0, "verify_steps": 0, "draft_seconds": 0.0}
         self.stats = self._snapshot(0)
 
     def _start_workers(self, cache_config: CacheConfig, device: str | None, enforce_eager: bool):
@@ -235,6 +235,8 @@ class LLMEngine:
         blocks; finish requests that asked only for their prompt (max_tokens 0)."""
         self._totals["steps"] += 1
         self._totals["prompt_computed"] += sum(s.num_prompt_tokens for s in result.step.scheduled)
+        self._totals["computed"] += result.step.total_tokens
+        self._totals["recomputed"] += sum(s.num_recomputed for s in result.step.scheduled)
         for scores in result.prompt_scores:
             scores.request.prompt_logprobs[scores.first:scores.first + len(scores.entries)] = scores.entries
         outputs = [self._accept(sampled) for sampled in result.sampled if not sampled.request.is_finished]
@@ -279,6 +281,7 @@ class LLMEngine:
         return EngineStats(
             num_steps=self._totals["steps"], running=len(self.scheduler.running),
             waiting=len(self.scheduler.waiting), preempted_total=counters.preempted_total,
+            computed_tokens_total=self._totals["computed"], recomputed_tokens_total=self._totals["recomputed"],
             kv_blocks_total=pool.num_usable, kv_blocks_used=pool.num_usable - pool.num_free,
             kv_blocks_cached=pool.num_cached_free, tokens_scheduled=tokens_scheduled,
             prompt_tokens_total=self._totals["prompt"], prompt_tokens_computed_total=self._totals["prompt_computed"],

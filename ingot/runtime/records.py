@@ -32,6 +32,7 @@ class ScheduledRequest:
     start: int  # num_computed_tokens before this step
     num_tokens: int
     draft_tokens: list[int] = field(default_factory=list)
+    num_recomputed: int = 0  # of the num_tokens, positions computed before and dropped by a preemption
 
     @property
     def end(self) -> int:

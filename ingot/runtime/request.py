@@ -45,6 +45,9 @@ class Request:
     # with the actual token first and the top alternatives (filled as prompt chunks are computed)
     prompt_logprobs: list[dict[int, float] | None] | None = None
     num_preemptions: int = 0
+    # Positions below this were computed once and then dropped by a preemption: computing them
+    # again is recompute (EngineStats.recomputed_tokens_total).
+    recompute_until: int = 0
     detokenizer: Any = None  # IncrementalDetokenizer, when the engine has a tokenizer
     output_text: str = ""  # output text made visible so far (stop strings cut, possible stop prefixes held back)
     sample_index: int = 0  # which of the parent request's n samples this is

@@ -65,7 +65,9 @@ class Scheduler:
         return out
 
     def _schedule(self, request: Request, num: int, drafts: list[int]) -> ScheduledRequest:
-        scheduled = ScheduledRequest(request, request.num_computed_tokens, num + len(drafts), drafts)
+        start = request.num_computed_tokens
+        recomputed = max(min(start + num, request.recompute_until) - start, 0)
+        scheduled = ScheduledRequest(request, start, num + len(drafts), drafts, recomputed)
         request.num_computed_tokens += scheduled.num_tokens
         return scheduled
 
@@ -133,6 +135,7 @@ class Scheduler:
         (its full blocks stay in the prefix cache, so recomputation often hits them)."""
         self.running.remove(request)
         self.kv.free(request)
+        request.recompute_until = max(request.recompute_until, request.num_computed_tokens)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING

@@ -11,6 +11,10 @@ class EngineStats:
     running: int = 0  # requests admitted and holding KV blocks
     waiting: int = 0  # queued, including preempted requests waiting to be recomputed
     preempted_total: int = 0  # preemptions since start
+    # Every position the model computed: prompt chunks, decode tokens and the draft tokens a
+    # speculative step verifies (rejected ones included; a draft model's own work is not counted).
+    computed_tokens_total: int = 0
+    recomputed_tokens_total: int = 0  # of which computed again because a preemption dropped their KV
     kv_blocks_total: int = 0  # usable blocks (the reserved null block excluded)
     kv_blocks_used: int = 0  # referenced by a running request
     kv_blocks_cached: int = 0  # free but still holding a reusable prefix
@@ -34,6 +38,10 @@ class EngineStats:
         return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
 
     @property
+    def recomputed_fraction(self) -> float:
+        return self.recomputed_tokens_total / self.computed_tokens_total if self.computed_tokens_total else 0.0
+
+    @property
     def prefix_cache_hit_rate(self) -> float:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
@@ -48,5 +56,6 @@ class EngineStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "kv_blocks_free": self.kv_blocks_free, "kv_usage": self.kv_usage,
+                "recomputed_fraction": self.recomputed_fraction,
                 "prefix_cache_hit_rate": self.prefix_cache_hit_rate, "draft_acceptance_rate": self.draft_acceptance_rate,
                 "mean_accepted_length": self.mean_accepted_length}

@@ -101,6 +101,9 @@ def test_preemption_frees_blocks_and_requeues_the_newest():
     batch = scheduler.schedule()  # a needs a third block: none free, so b is preempted
     assert batch.requests == [a] and batch.preempted == [b]
     assert b.block_ids == [] and b.num_computed_tokens == 0 and scheduler.waiting[0] is b
+    scheduler.finish(a)
+    (again,) = scheduler.schedule().scheduled  # b comes back: its 9 tokens, the 8 it had computed again
+    assert again.request is b and (again.num_tokens, again.num_recomputed) == (9, 8)
 
 
 def _counts(batch) -> list[int]:

@@ -207,10 +207,12 @@ def test_metrics_exposition(server, client):
     m = server.metrics()
     for name in ("ingot_num_requests_running", "ingot_num_requests_waiting", "ingot_kv_cache_usage_ratio",
                  "ingot_prefix_cache_hit_rate", "ingot_prompt_tokens_total", "ingot_generation_tokens_total",
+                 "ingot_computed_tokens_total", "ingot_recomputed_tokens_total",
                  "ingot_time_to_first_token_seconds_count", "ingot_time_per_output_token_seconds_count",
                  "ingot_e2e_request_latency_seconds_count"):
         assert name in m, name
     assert m["ingot_e2e_request_latency_seconds_count"] >= 1
+    assert m["ingot_computed_tokens_total"] >= m["ingot_generation_tokens_total"] > 0
     assert m['ingot_http_requests_total{route="/v1/completions",status="200"}'] >= 1
     assert m['ingot_time_to_first_token_seconds_bucket{le="+Inf"}'] == m["ingot_time_to_first_token_seconds_count"]
 
