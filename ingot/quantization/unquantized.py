@@ -26,6 +26,11 @@ class UnquantizedLinearMethod(LinearMethod):
     def set_tactics(self, table: dict[str, str] | None) -> None:
         self.tactics = TacticTable(table) if table else None
 
+    def gemv_config(self, num_tokens: int):
+        """The GEMV config this layer runs at num_tokens (ingot/layers/fused.py folds the norm or
+        activation before it into its prologue), or None."""
+        return self.tactics.gemv_config_for(num_tokens) if self.tactics is not None else None
+
 
 class Unquantized(QuantScheme):
     name = "none"

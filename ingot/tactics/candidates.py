@@ -35,7 +35,7 @@ _TIERS: tuple[tuple[int, tuple[str, ...]], ...] = (
 
 # Weight-streaming GEMV configs for 1-4 tokens: BN whole columns per program (N / BN programs,
 # >= 256 for every 8B-shape GEMM), BK x BN bf16 strips of 4-16 KB per load.
-_GEMV_MAX_M = 4
+GEMV_MAX_M = 4
 _GEMV = ("gemv:16x256:w4:s3", "gemv:8x512:w4:s3", "gemv:32x256:w8:s3", "gemv:4x1024:w4:s4")
 
 
@@ -43,7 +43,7 @@ def default_candidates(m: int) -> list[str]:
     """cuBLAS first (the safe answer if the time budget runs out), then this M's Triton configs."""
     for limit, configs in _TIERS:
         if m <= limit:
-            return [CUBLAS, *configs, *(_GEMV if m <= _GEMV_MAX_M else ())]
+            return [CUBLAS, *configs, *(_GEMV if m <= GEMV_MAX_M else ())]
     raise AssertionError("unreachable: the last tier has no limit")
 
 
@@ -82,6 +82,6 @@ def _triton_linear(gemm, config, x, weight, bias=None):
 def _gemv_linear(gemv, config, x, weight, bias=None):
     # the table gives a GEMV tactic only to buckets of <= 4 tokens; a larger step (beyond every
     # bucket) takes cuBLAS rather than a kernel made for a weight stream
-    if x.shape[0] > _GEMV_MAX_M:
+    if x.shape[0] > GEMV_MAX_M:
         return F.linear(x, weight, bias)
     return gemv(x, weight, bias, config=config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ingot.tactics.candidates import CUBLAS, LinearFn, linear_fn
+from ingot.tactics.candidates import CUBLAS, GEMV_MAX_M, LinearFn, linear_fn
 
 
 def pick(table: dict[str, str], m: int) -> str:
@@ -31,12 +31,29 @@ class TacticTable:
         self.table = table
         self.buckets = sorted(int(m) for m in table)
         self._fns: dict[int, LinearFn] = {m: linear_fn(pick(table, m)) for m in self.buckets}
+        self._gemv = {m: _gemv_config(pick(table, m)) for m in self.buckets}
 
     def fn_for(self, num_tokens: int) -> LinearFn:
         for bucket in self.buckets:  # a handful of buckets: a scan beats a bisect call here
             if num_tokens <= bucket:
                 return self._fns[bucket]
         return self._fns[self.buckets[-1]]
+
+
+    def gemv_config_for(self, num_tokens: int):
+        """The GemvConfig when this token count runs the GEMV kernel (steps of <= 4 tokens), else None."""
+        if num_tokens > self.buckets[-1]:
+            return None
+        bucket = next(b for b in self.buckets if num_tokens <= b)
+        return self._gemv[bucket] if num_tokens <= GEMV_MAX_M else None
+
+
+def _gemv_config(tactic: str):
+    if not tactic.startswith("gemv:"):
+        return None
+    from ingot.kernels.gemv import GemvConfig
+
+    return GemvConfig.parse(tactic)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
