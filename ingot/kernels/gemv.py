@@ -11,13 +11,9 @@ this kernel instead gives each program BN whole output columns and walks K in BK
 BM is M rounded up to a power of two (<= 4); the weight strip is loaded once for all M rows.
 A config is (BN, BK, num_warps, num_stages); its tactic name is "gemv:BNxBK:wW:sS".
 
-At one token the small kernels around a GEMV cost as much as their launches; two of them fold
-into its prologue (the decoder layer uses them through ingot/layers/fused.py):
-    gemv_rmsnorm   x (+ residual) -> RMSNorm -> GEMV (qkv_proj, gate_up_proj): each program first
-                   sums the row's squares (x is a few KB, read from L2), program 0 writes the new
-                   residual stream
-    gemv_silu_mul  [gate | up] -> SiLU(gate) * up -> GEMV (down_proj)
-Both round every intermediate exactly as the separate kernels do, so fused equals unfused.
+At one token the small kernels around a GEMV cost about as much as their launches; SiLU·mul
+folds into the down_proj GEMV's prologue (gemv_silu_mul, used through ingot/layers/fused.py),
+rounding as the separate kernel does, so fused equals unfused.
 """
 
 from __future__ import annotations
@@ -59,67 +55,30 @@ class GemvConfig:
         return config
 
 
-PLAIN, RMSNORM, SILU_MUL = 0, 1, 2  # what the kernel does to x before the product (its prologue)
-
-
 @triton.jit
-def _prologue_rows(x_ptr, res_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, stride_rm, HAS_RESIDUAL: tl.constexpr):
-    """(BM, BK) of x (+ residual, rounded to x's dtype as torch rounds the new residual stream)."""
+def _operand(x_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, K, SILU_MUL: tl.constexpr):
+    """(BM, BK) of the GEMV's input in x's dtype: x itself, or SiLU(gate) * up over [gate | up]
+    rows of 2K, rounded as ingot/kernels/activation.py rounds it."""
+    at = x_ptr + rows[:, None] * stride_xm + (k0 + ks)[None, :]
     mask = row_ok[:, None] & k_ok[None, :]
-    v = tl.load(x_ptr + rows[:, None] * stride_xm + (k0 + ks)[None, :], mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + rows[:, None] * stride_rm + (k0 + ks)[None, :], mask=mask, other=0.0)
-        v = (v.to(tl.float32) + r.to(tl.float32)).to(v.dtype)
-    return v
-
-
-@triton.jit
-def _operand(x_ptr, res_ptr, nw_ptr, rows, ks, k0, row_ok, k_ok, rstd, stride_xm, stride_rm, K,
-             PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """(BM, BK) of the GEMV's input, in x's dtype, rounded exactly as the unfused kernels round it."""
-    if PROLOGUE == 1:  # RMSNorm: normalise in fp32, round, times the norm weight, round (ingot/kernels/rmsnorm.py)
-        v = _prologue_rows(x_ptr, res_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, stride_rm, HAS_RESIDUAL)
-        normed = (v.to(tl.float32) * rstd[:, None]).to(v.dtype)
-        nw = tl.load(nw_ptr + k0 + ks, mask=k_ok, other=0.0)
-        return (nw.to(tl.float32)[None, :] * normed.to(tl.float32)).to(v.dtype)
-    elif PROLOGUE == 2:  # SiLU(gate) * up over a [gate | up] row of 2K (ingot/kernels/activation.py)
-        mask = row_ok[:, None] & k_ok[None, :]
-        at = x_ptr + rows[:, None] * stride_xm + (k0 + ks)[None, :]
+    if SILU_MUL:
         gate = tl.load(at, mask=mask, other=0.0)
         up = tl.load(at + K, mask=mask, other=0.0)
         g = gate.to(tl.float32)
         silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
         return (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
-    else:
-        mask = row_ok[:, None] & k_ok[None, :]
-        return tl.load(x_ptr + rows[:, None] * stride_xm + (k0 + ks)[None, :], mask=mask, other=0.0)
+    return tl.load(at, mask=mask, other=0.0)
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, res_ptr, nw_ptr, res_out_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, eps,
-                 stride_xm, stride_rm, stride_wn, stride_om,
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, PROLOGUE: tl.constexpr,
-                 HAS_RESIDUAL: tl.constexpr):
-    pid = tl.program_id(0)
-    cols = pid * BN + tl.arange(0, BN)
+                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, SILU_MUL: tl.constexpr):
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
     rows = tl.arange(0, BM)
     ks = tl.arange(0, BK)
     col_ok = cols < N
     row_ok = rows < M
-    rstd = tl.zeros((BM,), dtype=tl.float32)
-    if PROLOGUE == 1:
-        # every program needs each row's mean square: one pass over x (K <= 64k values, from L2);
-        # program 0 also writes the new residual stream
-        squares = tl.zeros((BM, BK), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            k_ok = (k0 + ks) < K
-            v = _prologue_rows(x_ptr, res_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, stride_rm, HAS_RESIDUAL)
-            if HAS_RESIDUAL:
-                tl.store(res_out_ptr + rows[:, None] * stride_xm + (k0 + ks)[None, :], v,
-                         mask=row_ok[:, None] & k_ok[None, :] & (pid == 0))
-            squares += v.to(tl.float32) * v.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)
     w_strip = w_ptr + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]  # (BN, BK)
     acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
     for k0 in tl.range(0, K, BK, num_stages=NUM_STAGES):
@@ -129,8 +88,7 @@ def _gemv_kernel(x_ptr, res_ptr, nw_ptr, res_out_ptr, w_ptr, bias_ptr, out_ptr, 
         else:
             w = tl.load(w_strip + k0, mask=col_ok[:, None] & k_ok[None, :], other=0.0,
                         eviction_policy="evict_first")
-        x = _operand(x_ptr, res_ptr, nw_ptr, rows, ks, k0, row_ok, k_ok, rstd, stride_xm, stride_rm, K,
-                     PROLOGUE, HAS_RESIDUAL)
+        x = _operand(x_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, K, SILU_MUL)
         acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     out = tl.sum(acc, axis=2)  # (BM, BN)
     if HAS_BIAS:
@@ -159,26 +117,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemvConfig = GemvConfig(16, 256)) -> torch.Tensor:
     """x (..., K) @ w (N, K).T + bias (N,) -> (..., N) for at most MAX_M rows of x."""
     _check(x, w, bias)
-    return _launch(x, w, bias, config, PLAIN)
-
-
-def gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                 w: torch.Tensor, bias: torch.Tensor | None = None,
-                 config: GemvConfig = GemvConfig(16, 256)) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rmsnorm(x + residual) @ w.T + bias, x + residual): RMSNorm (with the residual add before it)
-    fused into the GEMV's prologue; equal to fused_add_rmsnorm then gemv. Without a residual the
-    second result is x itself."""
-    _check(x, w, bias)
-    check_shape(norm_weight, "norm_weight", (x.shape[-1],))
-    if norm_weight.dtype != x.dtype or not norm_weight.is_contiguous():
-        raise ValueError(f"norm_weight: must be contiguous {x.dtype}, got {norm_weight.dtype}")
-    if residual is not None:
-        check_shape(residual, "residual", tuple(x.shape))
-        if residual.dtype != x.dtype or not residual.is_contiguous() or not x.is_contiguous():
-            raise ValueError("residual: x and residual must be contiguous and of one dtype")
-    new_residual = torch.empty_like(x) if residual is not None else x
-    out = _launch(x, w, bias, config, RMSNORM, residual, norm_weight, new_residual, eps)
-    return out, new_residual
+    return _launch(x, w, bias, config, silu_mul=False)
 
 
 def gemv_silu_mul(gate_up: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
@@ -188,11 +127,10 @@ def gemv_silu_mul(gate_up: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     if gate_up.shape[-1] != 2 * w.shape[-1]:
         raise ValueError(f"gate_up: last dimension {gate_up.shape[-1]} must be twice the weight's {w.shape[-1]}")
     _check(gate_up[..., : w.shape[-1]], w, bias)
-    return _launch(gate_up, w, bias, config, SILU_MUL)
+    return _launch(gate_up, w, bias, config, silu_mul=True)
 
 
-def _launch(x, w, bias, c: GemvConfig, prologue: int, residual=None, norm_weight=None, new_residual=None,
-            eps: float = 0.0) -> torch.Tensor:
+def _launch(x, w, bias, c: GemvConfig, silu_mul: bool) -> torch.Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     (m, k), n = (x2.shape[0], w.shape[1]), w.shape[0]
@@ -201,13 +139,9 @@ def _launch(x, w, bias, c: GemvConfig, prologue: int, residual=None, norm_weight
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out.view(*lead, n)
-    res2 = residual.reshape(m, k) if residual is not None else x2
     grid = (triton.cdiv(n, c.block_n),)
-    _gemv_kernel[grid](x2, res2, norm_weight if norm_weight is not None else w,
-                       new_residual.reshape(m, k) if new_residual is not None else out, w,
-                       bias if bias is not None else out, out, m, n, k, eps,
-                       x2.stride(0), res2.stride(0), w.stride(0), out.stride(0),
-                       BM=next_pow2(m), BN=c.block_n, BK=c.block_k, HAS_BIAS=bias is not None,
-                       EVEN_K=k % c.block_k == 0, NUM_STAGES=c.num_stages, PROLOGUE=prologue,
-                       HAS_RESIDUAL=residual is not None, num_warps=c.num_warps)
+    _gemv_kernel[grid](x2, w, bias if bias is not None else out, out, m, n, k, x2.stride(0), w.stride(0),
+                       out.stride(0), BM=next_pow2(m), BN=c.block_n, BK=c.block_k, HAS_BIAS=bias is not None,
+                       EVEN_K=k % c.block_k == 0, NUM_STAGES=c.num_stages, SILU_MUL=silu_mul,
+                       num_warps=c.num_warps)
     return out.view(*lead, n)

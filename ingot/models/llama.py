@@ -26,7 +26,7 @@ from ingot.layers.context import LayerContext
 from ingot.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ingot.layers.norm import RMSNorm
 from ingot.layers.rotary import RotaryEmbedding
-from ingot.layers.fused import rmsnorm_linear, silu_mul_linear
+from ingot.layers.fused import silu_mul_linear
 from ingot.layers.vocab import LMHead, TiedLMHead, VocabEmbedding
 
 
@@ -50,10 +50,8 @@ class LlamaAttention(nn.Module):
         self.backend = backend
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, positions, qkv, kv_cache, meta: AttentionMetadata):
-        """qkv: (T, q + 2 kv) = qkv_proj of the normed hidden states (the decoder layer computes
-        it, fused with the norm at one token: ingot/layers/fused.py)."""
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, positions, x, kv_cache, meta: AttentionMetadata):
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, H, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -72,10 +70,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, ctx=ctx,
                                            prefix=f"{prefix}.down_proj")
 
-    def forward(self, gate_up):
-        """gate_up: (T, 2 intermediate) = gate_up_proj of the normed hidden states (computed by the
-        decoder layer, fused with the norm at one token); SiLU·mul and down_proj, fused likewise."""
-        return silu_mul_linear(self.down_proj, gate_up)
+    def forward(self, x):
+        # at one token, SiLU·mul runs inside the down_proj GEMV (ingot/layers/fused.py)
+        return silu_mul_linear(self.down_proj, self.gate_up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -88,10 +85,13 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, ctx, f"{prefix}.mlp")
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
-        qkv, residual = rmsnorm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
-        hidden = self.self_attn(positions, qkv, kv_cache, meta)
-        gate_up, residual = rmsnorm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
-        return self.mlp(gate_up), residual
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaForCausalLM(nn.Module):

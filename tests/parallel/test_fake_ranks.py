@@ -80,8 +80,7 @@ def test_column_and_row_slices_recombine_into_the_unsplit_layers(checkpoint, tmp
         merged = torch.cat([torch.cat([g for g, _ in gate_up], -1), torch.cat([u for _, u in gate_up], -1)], -1)
         torch.testing.assert_close(merged, whole.mlp.gate_up_proj(x))
         # row: the MLP's partial sums (bias added on rank 0 only) add up to the unsplit MLP
-        torch.testing.assert_close(sum(p.mlp(p.mlp.gate_up_proj(x)) for p in parts), whole.mlp(whole.mlp.gate_up_proj(x)),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sum(p.mlp(x) for p in parts), whole.mlp(x), rtol=1e-5, atol=1e-5)
         # q/k/v by heads: a rank's query heads and the KV heads they read (replicated when tp > 2)
         q, k, v = whole.self_attn.qkv_proj(x).split([8 * 8, 2 * 8, 2 * 8], dim=-1)
         for rank, p in enumerate(parts):
@@ -146,7 +145,7 @@ def _attention(attn, x):
         block_tables=torch.tensor([[1, 2]], dtype=torch.int32),
         slot_mapping=torch.arange(block, block + num_tokens), query_start_loc_cpu=[0, num_tokens],
         seq_lens_cpu=[num_tokens], max_query_len=num_tokens, max_seq_len=num_tokens)
-    return attn(torch.arange(num_tokens), attn.qkv_proj(x), cache, meta)
+    return attn(torch.arange(num_tokens), x, cache, meta)
 
 
 def test_inspect_shows_the_mapping_and_every_rank_file(checkpoint, tmp_path_factory, capsys):
