@@ -42,9 +42,3 @@ def commit_override() -> str | None:
     """$INGOT_COMMIT: the commit a benchmark record names, for a copy of the tree without git state
     (a GPU machine that received the working tree only)."""
     return os.environ.get("INGOT_COMMIT") or None
-
-
-def pdl_enabled() -> bool:
-    """$INGOT_DISABLE_PDL=1 turns off programmatic dependent launch (ingot/kernels/_checks.py: pdl),
-    for comparing the two on one card."""
-    return os.environ.get("INGOT_DISABLE_PDL", "") in ("", "0")

@@ -51,20 +51,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
-def pdl(device_index: int | None) -> bool:
-    """Programmatic dependent launch (Hopper and later): a kernel launched with it may be scheduled
-    while the kernel before it still runs, once that one's programs have all called
-    gdc_launch_dependents; it must call gdc_wait before it touches memory the earlier kernels
-    write or read. It hides the launch gap between a decode step's many small kernels. Off in the
-    interpreter and with $INGOT_DISABLE_PDL=1."""
-    from ingot.envs import pdl_enabled
-
-    if interpreting() or not pdl_enabled() or not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 

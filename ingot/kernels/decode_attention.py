@@ -23,9 +23,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
-from ingot.kernels._checks import interpreting, next_pow2, num_sms, pdl
+from ingot.kernels._checks import interpreting, next_pow2, num_sms
 from ingot.kernels.attention_common import (
     LOG2E, M_INIT, attend_masked_tile, check_attention_args, load_rows, store_rows,
 )
@@ -45,10 +44,8 @@ def _decode_kernel(
     qk_scale, seq_begin, max_query_len, window,
     GROUP: tl.constexpr, Q_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr, TRIGGER: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr,
 ):
-    if TRIGGER:  # o_proj's GEMV may be scheduled now (ingot/kernels/_checks.py: pdl)
-        gdc_launch_dependents()
     local = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -108,11 +105,9 @@ def _reduce_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
     stride_o_t, stride_o_h, seq_begin, max_query_len, num_kv_heads,
     GROUP: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, TRIGGER: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
     """One program per (sequence, new token, query head): merge the NUM_SPLITS partials."""
-    if TRIGGER:
-        gdc_launch_dependents()
     local = tl.program_id(0) // Q_BLOCK
     tok = tl.program_id(0) % Q_BLOCK
     head = tl.program_id(1)
@@ -192,14 +187,13 @@ def decode_attention(
         scale * LOG2E, seq_begin, max_query_len, sliding_window or 0,
         GROUP=group, Q_BLOCK=q_block, BLOCK_R=max(16, next_pow2(rows)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_N=cfg["block_n"], NUM_SPLITS=num_splits,
-        HAS_WINDOW=sliding_window is not None, TRIGGER=pdl(q.device.index), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        HAS_WINDOW=sliding_window is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
         _reduce_kernel[(num_seqs * q_block, num_heads)](
             out, part_out, part_lse, query_start_loc, out.stride(0), out.stride(1),
             seq_begin, max_query_len, num_kv_heads,
             GROUP=group, Q_BLOCK=q_block, HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
-            TRIGGER=pdl(q.device.index), num_warps=4,
+            num_warps=4,
         )
     return out

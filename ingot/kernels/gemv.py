@@ -24,10 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-from ingot.kernels._checks import (check_dtype, check_last_dim_contiguous, check_same_device, check_shape,
-                                   next_pow2, pdl)
+from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2
 
 MAX_M = 4  # above this the tiled GEMM (tensor cores) wins: the weight is reused across rows
 
@@ -76,10 +73,7 @@ def _operand(x_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, K, SILU_MUL: tl.const
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, SILU_MUL: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # launched early (programmatic dependent launch): let the next kernel be scheduled too,
-        gdc_launch_dependents()  # then wait for the previous ones before reading x
-        gdc_wait()
+                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, SILU_MUL: tl.constexpr):
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
     rows = tl.arange(0, BM)
     ks = tl.arange(0, BK)
@@ -146,9 +140,8 @@ def _launch(x, w, bias, c: GemvConfig, silu_mul: bool) -> torch.Tensor:
     if m == 0 or n == 0:
         return out.view(*lead, n)
     grid = (triton.cdiv(n, c.block_n),)
-    use_pdl = pdl(x.device.index)
     _gemv_kernel[grid](x2, w, bias if bias is not None else out, out, m, n, k, x2.stride(0), w.stride(0),
                        out.stride(0), BM=next_pow2(m), BN=c.block_n, BK=c.block_k, HAS_BIAS=bias is not None,
                        EVEN_K=k % c.block_k == 0, NUM_STAGES=c.num_stages, SILU_MUL=silu_mul,
-                       PDL=use_pdl, num_warps=c.num_warps, **({"launch_pdl": True} if use_pdl else {}))
+                       num_warps=c.num_warps)
     return out.view(*lead, n)

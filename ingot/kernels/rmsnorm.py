@@ -17,10 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_launch_dependents
-
 from ingot.kernels._checks import (
-    check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2, pdl, sig,
+    check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2, sig,
 )
 
 _MAX_HIDDEN = 65536
@@ -31,10 +29,8 @@ def _rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_res, stride_out, stride_res_out,
     hidden, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, TRIGGER: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    if TRIGGER:  # the GEMV after a norm may be scheduled now (ingot/kernels/_checks.py: pdl)
-        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -77,8 +73,7 @@ def _launch(x, residual, weight, eps):
         _rmsnorm_kernel[(x2.shape[0],)](
             x2, res2, weight, out, res_out,
             x2.stride(0), res2.stride(0), out.stride(0), res_out.stride(0),
-            hidden, eps, HAS_RESIDUAL=residual is not None, BLOCK=block, TRIGGER=pdl(x.device.index),
-            num_warps=num_warps,
+            hidden, eps, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
         )
     out = out.view(x.shape)
     return out, (res_out.view(x.shape) if residual is not None else None)
