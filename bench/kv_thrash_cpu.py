@@ -9,7 +9,7 @@ ignored, prefix caching off; the pool holds about a quarter of the workload's to
 
 Reported per run: preemptions, computed and recomputed tokens (positions computed again because a
 preemption dropped their KV), wall time and output tok/s. Every tree is measured in its own
-process, `--runs` times; with --baseline, the same runs on that source tree (e.g.
+process, `--runs` times, taking turns with --baseline: the same runs on that source tree (e.g.
 `git archive SHA | tar -x -C TREE`) are the "before". recomputed = computed - the positions every
 request needs once (prompt + output - 1), which holds without the engine's own counter (an
 older tree may lack it); where the engine has it, the record says whether the two agree.
@@ -85,18 +85,16 @@ def measure(engine_dir: str, args: argparse.Namespace) -> dict:
     return run
 
 
-def runs_in(tree: Path, engine_dir: Path, args: argparse.Namespace) -> list[dict]:
-    """args.runs runs, each in a fresh process importing ingot from `tree`."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def one_run(tree: Path, engine_dir: Path, args: argparse.Namespace) -> dict:
+    """One run in a fresh process importing ingot from `tree`."""
     command = [sys.executable, str(HERE / "kv_thrash_cpu.py"), "--measure", str(engine_dir),
                "--num-requests", str(args.num_requests), "--isl", str(args.isl), "--osl", str(args.osl),
                "--cache-bytes", str(args.cache_bytes), "--seed", str(args.seed)]
-    results = []
-    for _ in range(args.runs):
-        done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(tree, results[-1], file=sys.stderr, flush=True)
-    return results
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True,
+                          text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(tree, result, file=sys.stderr, flush=True)
+    return result
 
 
 def main() -> int:
@@ -118,10 +116,14 @@ def main() -> int:
         print(json.dumps(measure(args.measure, args)))
         return 0
 
+    trees = {"after": HERE.parent, **({"before": args.baseline.resolve()} if args.baseline else {})}
+    runs = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         engine_dir = build(Path(tmp))
-        after = runs_in(HERE.parent, engine_dir, args)
-        before = runs_in(args.baseline.resolve(), engine_dir, args) if args.baseline else None
+        for _ in range(args.runs):  # interleaved, so a busy spell on the machine falls on both trees
+            for name, tree in trees.items():
+                runs[name].append(one_run(tree, engine_dir, args))
+    after, before = runs["after"], runs.get("before")
     record = {
         **record_header(),
         "model": "random Llama, 4 layers, hidden 256, 8 heads / 2 KV heads, vocab 1024 (--load-format dummy)",
@@ -130,7 +132,7 @@ def main() -> int:
         "kv_cache_bytes": args.cache_bytes, "policy": "max_utilization", "prefix_caching": False,
         "after": after,
         "before": {"commit": args.baseline_commit, "runs": before} if before else None,
-        "notes": "CPU wall times are noisy (2 shared cores): each tree runs --runs times, one after the other",
+        "notes": "CPU wall times are noisy (2 shared cores): each tree runs --runs times, the trees taking turns",
     }
     write_record(Path(args.out) / f"{datetime.date.today()}-cpu-kv-thrash.json", record)
     return 0

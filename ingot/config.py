@@ -379,6 +379,10 @@ class SchedulerConfig:
     capacity_policy: str = "max_utilization"
     max_batch_size: int = 64  # at most the engine's max_batch_size
     max_num_tokens: int = 2048  # per step; at most the engine's max_num_tokens
+    # max_utilization: how many decode steps ahead admission forecasts the running requests'
+    # blocks (ingot/runtime/policies.py); None: to each one's expected finish; 0: admit whatever
+    # fits now and preempt when blocks run out
+    admission_lookahead: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.capacity_policy in CAPACITY_POLICIES,
@@ -386,17 +390,21 @@ class SchedulerConfig:
                  f"use one of {', '.join(CAPACITY_POLICIES)}")
         _require(self.max_batch_size > 0, f"scheduler config: max_batch_size={self.max_batch_size} must be > 0")
         _require(self.max_num_tokens > 0, f"scheduler config: max_num_tokens={self.max_num_tokens} must be > 0")
+        _require(self.admission_lookahead is None or self.admission_lookahead >= 0,
+                 f"scheduler config: admission_lookahead={self.admission_lookahead} must be >= 0 (or None)")
 
     @classmethod
     def for_engine(cls, build: BuildConfig, capacity_policy: str = "max_utilization",
-                   max_batch_size: int | None = None, max_num_tokens: int | None = None) -> "SchedulerConfig":
+                   max_batch_size: int | None = None, max_num_tokens: int | None = None,
+                   admission_lookahead: int | None = None) -> "SchedulerConfig":
         """The build's limits unless smaller ones are asked for; larger ones are an error."""
         for name, value, limit in (("max_batch_size", max_batch_size, build.max_batch_size),
                                    ("max_num_tokens", max_num_tokens, build.max_num_tokens)):
             _require(value is None or value <= limit,
                      f"scheduler config: {name}={value} exceeds the engine's {name}={limit}; "
                      f"rebuild with a larger --{name.replace('_', '-')}")
-        return cls(capacity_policy, max_batch_size or build.max_batch_size, max_num_tokens or build.max_num_tokens)
+        return cls(capacity_policy, max_batch_size or build.max_batch_size, max_num_tokens or build.max_num_tokens,
+                   admission_lookahead)
 
 
 __all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "ParallelConfig",

@@ -35,7 +35,7 @@ class Scheduler:
         self.kv = kv
         self.config = config
         self.max_seq_len = max_seq_len
-        self.capacity = CAPACITY_POLICIES[config.capacity_policy](kv, max_seq_len)
+        self.capacity = CAPACITY_POLICIES[config.capacity_policy](kv, config, max_seq_len)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.counters = SchedulerCounters()
@@ -86,6 +86,9 @@ class Scheduler:
     # ---- admission ----
 
     def _admit_waiting(self, out: SchedulerOutput, budget: TokenBudget) -> None:
+        if not self.waiting or not budget.has_room_for_another(len(self.running)):
+            return
+        self.capacity.start_admission()
         for request in list(self.waiting):
             if not budget.has_room_for_another(len(self.running)):
                 return
@@ -124,7 +127,7 @@ class Scheduler:
 
     def _allocate_or_preempt(self, request: Request, num: int, out: SchedulerOutput) -> bool:
         while not self.kv.allocate(request, num):
-            victim = self.capacity.victim(self.running)
+            victim = self.capacity.victim(self.running[self.running.index(request):])
             self._preempt(victim, out)
             if victim is request:
                 return False
@@ -152,3 +155,4 @@ class Scheduler:
             self.waiting.remove(request)
         self.kv.free(request)
         request.status = RequestStatus.FINISHED
+        self.capacity.finished(request)

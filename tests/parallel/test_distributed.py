@@ -53,9 +53,11 @@ def _workload(seed: int = 0):
 
 
 def _run(engine_dir, max_num_tokens=48, cache_bytes=None):
+    lookahead = 0 if cache_bytes else None  # a small pool is there to preempt: admit whatever fits now
     engine = LLMEngine(engine_dir, CacheConfig(max_cache_bytes=cache_bytes), device="cpu",
                        scheduler_config=SchedulerConfig.for_engine(read_spec(engine_dir).build,
-                                                                   max_num_tokens=max_num_tokens))
+                                                                   max_num_tokens=max_num_tokens,
+                                                                   admission_lookahead=lookahead))
     try:
         requests = [engine.add_request(prompt, params) for prompt, params in _workload()]
         while engine.has_unfinished_requests():

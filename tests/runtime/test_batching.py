@@ -29,13 +29,14 @@ def _workload(seed: int = 0):
 
 
 def _engine(engine_dir, policy="max_utilization", prefix=True, max_num_tokens=64, cache_bytes=None,
-            async_output=False):
+            async_output=False, lookahead=None):
     from ingot.engine_format import read_spec
 
     build = read_spec(engine_dir).build
     return LLMEngine(engine_dir, CacheConfig(enable_prefix_caching=prefix, max_cache_bytes=cache_bytes),
                      device="cpu",
-                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens),
+                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens,
+                                                                 admission_lookahead=lookahead),
                      async_output=async_output)
 
 
@@ -75,11 +76,14 @@ CASES = {
     "no_evict-prefix": dict(policy="guaranteed_no_evict", prefix=True),
     "chunked-16": dict(policy="max_utilization", prefix=True, max_num_tokens=16),
     "chunked-7-noprefix": dict(policy="guaranteed_no_evict", prefix=False, max_num_tokens=7),
-    "tiny-pool-preempts": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072),
+    # admitting whatever fits now (no forecast) preempts in a pool this small
+    "tiny-pool-preempts": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072, lookahead=0),
+    "tiny-pool-forecast": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072),
     "tiny-pool-no-evict": dict(policy="guaranteed_no_evict", prefix=True, cache_bytes=20 * 3072),
     # decode steps overlapped with post-processing (the CUDA default), here on the eager CPU path
     "overlap-prefix": dict(policy="max_utilization", prefix=True, async_output=True),
-    "overlap-tiny-pool": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072, async_output=True),
+    "overlap-tiny-pool": dict(policy="max_utilization", prefix=True, cache_bytes=20 * 3072, async_output=True,
+                              lookahead=0),
 }
 
 

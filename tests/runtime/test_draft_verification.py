@@ -22,8 +22,10 @@ PROMPTS = [[5, 9, 2], list(range(40, 72)) + [7], [300, 1, 1, 1, 1, 1], list(rang
 
 def _engine(engine_dir, policy="max_utilization", cache_bytes=None, max_num_tokens=64):
     build = read_spec(engine_dir).build
+    lookahead = 0 if cache_bytes else None  # a small pool is there to preempt: admit whatever fits now
     return LLMEngine(engine_dir, CacheConfig(max_cache_bytes=cache_bytes), device="cpu", async_output=False,
-                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens))
+                     scheduler_config=SchedulerConfig.for_engine(build, policy, max_num_tokens=max_num_tokens,
+                                                                 admission_lookahead=lookahead))
 
 
 def _run(engine, params, propose=None):

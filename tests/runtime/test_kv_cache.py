@@ -47,9 +47,10 @@ def test_blocks_needed(tokens, expected):
     assert blocks_needed(tokens, 8) == expected
 
 
-def _scheduler(pool: BlockPool, max_num_tokens: int) -> Scheduler:
+def _scheduler(pool: BlockPool, max_num_tokens: int, lookahead: int | None = None) -> Scheduler:
     kv = KVCacheManager(pool, tokens_per_block=4, enable_prefix_caching=False)
-    return Scheduler(kv, SchedulerConfig(max_batch_size=4, max_num_tokens=max_num_tokens), max_seq_len=256)
+    config = SchedulerConfig(max_batch_size=4, max_num_tokens=max_num_tokens, admission_lookahead=lookahead)
+    return Scheduler(kv, config, max_seq_len=256)
 
 
 def _request(rid: str, prompt_len: int) -> Request:
@@ -90,9 +91,9 @@ def test_chunked_prefill_respects_the_token_budget():
     assert short.num_computed_tokens == 3, "the short prompt joined in the last chunk's spare budget"
 
 
-def test_preemption_frees_blocks_and_requeues_the_newest():
+def test_preemption_frees_blocks_and_requeues_the_newest_of_equals():
     allocator = BlockPool(5)  # 4 usable blocks of 4 tokens
-    scheduler = _scheduler(allocator, 64)
+    scheduler = _scheduler(allocator, 64, lookahead=0)  # admit whatever fits now
     a, b = _request("a", 8), _request("b", 8)
     scheduler.add(a), scheduler.add(b)
     batch = scheduler.schedule()
@@ -104,6 +105,18 @@ def test_preemption_frees_blocks_and_requeues_the_newest():
     scheduler.finish(a)
     (again,) = scheduler.schedule().scheduled  # b comes back: its 9 tokens, the 8 it had computed again
     assert again.request is b and (again.num_tokens, again.num_recomputed) == (9, 8)
+
+
+def test_the_victim_is_the_request_with_the_fewest_computed_tokens_not_the_newest():
+    scheduler = _scheduler(BlockPool(6), 64, lookahead=0)  # 5 usable blocks of 4 tokens
+    a, b, c = _request("a", 8), _request("b", 2), _request("c", 6)  # 2 + 1 + 2 blocks
+    for request in (a, b, c):
+        scheduler.add(request)
+    batch = scheduler.schedule()
+    for request in batch.requests:
+        request.append_token(0)
+    batch = scheduler.schedule()  # a needs a third block; b has computed the least, c is the newest
+    assert batch.preempted == [b] and batch.requests == [a, c]
 
 
 def _counts(batch) -> list[int]:

@@ -62,11 +62,12 @@ def _check_published(pool: BlockPool, request: Request) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(ops=st.lists(operation, max_size=60), policy=st.sampled_from(["max_utilization", "guaranteed_no_evict"]),
-       prefix=st.booleans(), num_blocks=st.integers(6, 14))
-def test_no_leaks(ops, policy, prefix, num_blocks):
+       prefix=st.booleans(), num_blocks=st.integers(6, 14), lookahead=st.sampled_from([None, 0, 3]))
+def test_no_leaks(ops, policy, prefix, num_blocks, lookahead):
     pool = BlockPool(num_blocks)
     kv = KVCacheManager(pool, TOKENS_PER_BLOCK, enable_prefix_caching=prefix)
-    scheduler = Scheduler(kv, SchedulerConfig(policy, max_batch_size=3, max_num_tokens=9), max_seq_len=MAX_SEQ_LEN)
+    config = SchedulerConfig(policy, max_batch_size=3, max_num_tokens=9, admission_lookahead=lookahead)
+    scheduler = Scheduler(kv, config, max_seq_len=MAX_SEQ_LEN)
     live: list[Request] = []
     counts = Counter()
     for count, op in enumerate(ops):
@@ -93,8 +94,8 @@ def test_the_property_test_exercises_rewinds_and_preemption():
     rng = random.Random(7)
     pool = BlockPool(8)
     kv = KVCacheManager(pool, TOKENS_PER_BLOCK, enable_prefix_caching=True)
-    scheduler = Scheduler(kv, SchedulerConfig("max_utilization", max_batch_size=3, max_num_tokens=9),
-                          max_seq_len=MAX_SEQ_LEN)
+    config = SchedulerConfig("max_utilization", max_batch_size=3, max_num_tokens=9, admission_lookahead=0)
+    scheduler = Scheduler(kv, config, max_seq_len=MAX_SEQ_LEN)
     live, counts = [], Counter()
     for i in range(6):
         request = Request(f"r{i}", [rng.randrange(4) for _ in range(rng.randint(3, 9))], SamplingParams(max_tokens=12))

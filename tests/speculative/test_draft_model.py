@@ -42,8 +42,10 @@ def engines(tiny_checkpoint, tiny_engine, tmp_path_factory):
 
 def _engine(engines, draft, max_num_tokens=16, cache_bytes=None):
     build = read_spec(engines["target"]).build
+    lookahead = 0 if cache_bytes else None  # a small pool is there to preempt: admit whatever fits now
     return LLMEngine(engines["target"], CacheConfig(max_cache_bytes=cache_bytes), device="cpu",
-                     scheduler_config=SchedulerConfig.for_engine(build, max_num_tokens=max_num_tokens),
+                     scheduler_config=SchedulerConfig.for_engine(build, max_num_tokens=max_num_tokens,
+                                                                 admission_lookahead=lookahead),
                      draft_engine=draft)
 
 

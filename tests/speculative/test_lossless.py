@@ -23,9 +23,11 @@ PATTERN = [7, 8, 9, 10, 11, 12]
 def _engine(engine_dir, speculative: SpeculativeConfig | None = None, cache_bytes=None, max_num_tokens=16,
             max_batch_size=None):
     build = read_spec(engine_dir).build
+    lookahead = 0 if cache_bytes else None  # a small pool is there to preempt: admit whatever fits now
     engine = LLMEngine(engine_dir, CacheConfig(max_cache_bytes=cache_bytes), device="cpu",
                        scheduler_config=SchedulerConfig.for_engine(build, max_num_tokens=max_num_tokens,
-                                                                   max_batch_size=max_batch_size))
+                                                                   max_batch_size=max_batch_size,
+                                                                   admission_lookahead=lookahead))
     if speculative is not None:  # the engine's own spec says off: give it a proposer as a built one would have
         engine.spec = dataclasses.replace(engine.spec, speculative=speculative)
         engine.proposer = make_proposer(speculative, engine_dir)
