@@ -1,17 +1,23 @@
-"""AsyncLLM: concurrent streams from an event loop, cancellation frees blocks, errors surface."""
+"""AsyncLLM: concurrent streams from an event loop, cancellation frees blocks, errors surface. The
+engine core runs in its own process (the default) unless a test says otherwise; aborts, stats and
+failures cross that boundary."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import os
+import re
+import shutil
+import signal
 
 import pytest
 
 from ingot import LLM, SamplingParams
 from ingot.async_llm import AsyncLLM
 from ingot.cli import main
-from ingot.errors import RequestError
+from ingot.errors import EngineError, RequestError
 from ingot.progress import Progress
 
 
@@ -23,11 +29,21 @@ def async_llm(tiny_engine):
 
 
 @pytest.fixture(scope="module")
+def thread_llm(tiny_engine):
+    """The engine on a thread of this process (`ingot serve --engine-in-process`)."""
+    llm = AsyncLLM(tiny_engine, device="cpu", in_process=True)
+    yield llm
+    llm.shutdown()
+
+
+@pytest.fixture(scope="module")
 def sync_llm(tiny_engine):
     return LLM(tiny_engine, device="cpu")
 
 
-def test_concurrent_streams_match_offline_generation(async_llm, sync_llm):
+@pytest.mark.parametrize("mode", ["async_llm", "thread_llm"])
+def test_concurrent_streams_match_offline_generation(mode, request, sync_llm):
+    async_llm = request.getfixturevalue(mode)
     prompts = [f"prompt number {i}" for i in range(12)]
     params = SamplingParams(max_tokens=9, temperature=0.0, ignore_eos=True)
 
@@ -61,13 +77,92 @@ def test_cancelling_a_stream_aborts_and_frees_blocks(async_llm):
             if len(out.outputs[0].token_ids) >= 2:
                 break
         await agen.aclose()
-        for _ in range(100):  # the loop thread frees the blocks on its next turn
+
+    asyncio.run(cancel_early())
+    assert _wait_idle(async_llm)
+
+
+def _wait_idle(async_llm) -> bool:
+    async def wait() -> bool:
+        for _ in range(100):  # the core frees the blocks on its next turn
             await asyncio.sleep(0.02)
             if async_llm.stats().kv_blocks_used == 0 and async_llm.stats().running == 0:
                 return True
         return False
+    return asyncio.run(wait())
 
-    assert asyncio.run(cancel_early())
+
+def test_abort_by_id_ends_every_sample_and_frees_blocks(async_llm):
+    async def abort_midway():
+        params = SamplingParams(max_tokens=100, temperature=1.0, n=2, seed=1, ignore_eos=True)
+        reasons = {}
+        async for out in async_llm.generate(list(range(20)), params, request_id="to-abort"):
+            if not reasons:
+                assert async_llm.stats().kv_blocks_used > 0
+                async_llm.abort("to-abort")
+            reasons.update({c.index: c.finish_reason for c in out.outputs})
+        return reasons, out
+
+    reasons, last = asyncio.run(abort_midway())
+    assert reasons == {0: "abort", 1: "abort"} and last.finished
+    assert all(len(c.token_ids) < 100 for c in last.outputs)
+    assert _wait_idle(async_llm)
+
+
+def test_stats_cross_the_boundary(async_llm):
+    before = async_llm.stats()
+    params = SamplingParams(max_tokens=7, temperature=0.0, ignore_eos=True)
+    out = asyncio.run(async_llm.generate_async(list(range(1, 12)), params))
+    after = async_llm.stats()
+    assert len(out.outputs[0].token_ids) == 7
+    assert after.generation_tokens_total - before.generation_tokens_total == 7
+    assert after.prompt_tokens_total - before.prompt_tokens_total == 11 and after.num_steps > before.num_steps
+
+
+def test_a_request_id_in_use_is_refused_at_once(async_llm):
+    async def twice():
+        first = async_llm.generate([1, 2, 3], SamplingParams(max_tokens=50, ignore_eos=True), request_id="same")
+        await first.__anext__()
+        try:
+            with pytest.raises(RequestError, match="request_id 'same' is already in use"):
+                await async_llm.generate([4, 5], SamplingParams(max_tokens=2), request_id="same").__anext__()
+        finally:
+            await first.aclose()
+
+    asyncio.run(twice())
+    assert _wait_idle(async_llm)
+
+
+def test_a_core_that_dies_fails_open_and_new_requests(tiny_engine):
+    llm = AsyncLLM(tiny_engine, device="cpu")
+
+    async def kill_midway():
+        reasons = []
+        async for out in llm.generate([1, 2, 3], SamplingParams(max_tokens=100, ignore_eos=True)):
+            if not reasons:
+                os.kill(llm._core.pid, signal.SIGKILL)
+            reasons.append(out.outputs[0].finish_reason)
+        return reasons
+
+    try:
+        assert asyncio.run(kill_midway())[-1] == "abort"
+        message = f"the engine core process (pid {llm._core.pid}) was killed by signal SIGKILL"
+        assert message in llm.failure()
+        with pytest.raises(EngineError, match=re.escape(message)):
+            asyncio.run(llm.generate_async([1, 2], SamplingParams(max_tokens=2)))
+    finally:
+        llm.shutdown()
+
+
+def test_an_engine_the_core_cannot_load_raises_its_error(tiny_engine, tmp_path):
+    engine_dir = tmp_path / "engine"
+    shutil.copytree(tiny_engine, engine_dir)
+    path = engine_dir / "rank0.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="rank0.safetensors: bytes .* do not match the SHA-256"):
+        AsyncLLM(engine_dir, device="cpu")
 
 
 def test_bad_request_raises_before_streaming(async_llm):

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--draft-engine", default=None, metavar="DIR",
                    help="the draft model's engine, for a target built with --speculative draft_target")
+    p.add_argument("--engine-in-process", action="store_true",
+                   help="run the engine on a thread of the server's process instead of a process of its own "
+                        "(slower under load: the two share one GIL; for debugging and comparison)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--skip-verify", action="store_true",
                    help="load the weights without checking their checksums (trusted engines, faster start)")
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                  metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
-                 max_body_bytes=args.max_body_bytes)
+                 max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process)
 
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:

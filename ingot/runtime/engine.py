@@ -36,6 +36,7 @@ from ingot.runtime.request import Request
 from ingot.runtime.scheduler import Scheduler
 from ingot.runtime.stats import EngineStats
 from ingot.runtime.stopping import apply_stop_conditions, output_of
+from ingot.runtime.validation import check_prompt_kind, validate_request
 from ingot.sampling_params import SamplingParams
 from ingot.speculative import make_proposer
 from ingot.speculative.base import fill_drafts
@@ -141,11 +142,9 @@ class LLMEngine:
         """Tokenize and validate; safe to call from any thread (touches no scheduler state)."""
         params = params or SamplingParams()
         prompt_text = prompt if isinstance(prompt, str) else None
-        if self.tokenizer is None and (prompt_text is not None or params.stop):
-            raise RequestError(f"engine {self.engine_dir} has no tokenizer (built with --load-format dummy): "
-                               "give the prompt as token ids and stop with stop_token_ids, not strings")
+        check_prompt_kind(self.engine_dir, self.tokenizer is not None, prompt_text is not None, params)
         token_ids = self.tokenizer.encode(prompt) if prompt_text is not None else list(prompt)
-        self._validate(token_ids, params)
+        validate_request(self.spec, token_ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(request_id, token_ids, params, prompt=prompt_text, eos_token_ids=self.eos_token_ids)
         request.generator = make_generator(params.seed, self.device)
@@ -159,25 +158,6 @@ class LLMEngine:
         self.requests[request.request_id] = request
         self._totals["prompt"] += request.num_prompt_tokens
         self.scheduler.add(request)
-
-    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
-        build, vocab = self.spec.build, self.spec.model.vocab_size
-        if not token_ids:
-            raise RequestError("prompt is empty: give at least one token")
-        if len(token_ids) > build.max_input_len:
-            raise RequestError(f"prompt has {len(token_ids)} tokens, over the engine's max_input_len="
-                               f"{build.max_input_len}; shorten it or rebuild with a larger --max-input-len")
-        if len(token_ids) + params.max_tokens > build.max_seq_len:
-            raise RequestError(f"prompt ({len(token_ids)} tokens) + max_tokens ({params.max_tokens}) = "
-                               f"{len(token_ids) + params.max_tokens} exceeds the engine's max_seq_len="
-                               f"{build.max_seq_len}; lower max_tokens to at most "
-                               f"{build.max_seq_len - len(token_ids)} or rebuild with a larger --max-seq-len")
-        bad = [t for t in token_ids if not 0 <= t < vocab]
-        if bad:
-            raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise RequestError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
 
     def abort_request(self, request_id: str) -> Request | None:
         """Stop a request and free its KV blocks at once; returns it (None if unknown or done)."""

@@ -1,9 +1,12 @@
-"""EngineLoop: runs LLMEngine.step() on one background thread so that requests can be added,
-streamed and aborted from any thread at any time.
+"""EngineLoop: runs an EngineCore on a background thread of this process (`ingot serve
+--engine-in-process`, and AsyncLLM given an engine object). The server's default runs the core in a
+process of its own instead (core_process.py): on a thread, the engine's host work shares one GIL
+with the event loop's per-token work, and each stalls the other.
 
-The engine itself is single-threaded; only the loop thread touches it. Other threads talk to it
-through a command queue (add / abort) and receive outputs through per-request callbacks, which
-run on the loop thread and must be quick (the async layer hands them to an event loop).
+Only the loop thread touches the engine. Other threads talk to it through a command queue (add /
+abort); after every step the loop hands one StepMessage to on_message, on the loop thread (it must
+be quick: AsyncLLM passes it to the event loops). If the engine fails, the loop stops and calls
+on_failure; every request in flight is then the caller's to end.
 """
 
 from __future__ import annotations
@@ -12,52 +15,52 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from ingot.errors import EngineError
+from ingot.runtime.core_records import AddRequest, StepMessage
 from ingot.runtime.engine import LLMEngine
-from ingot.runtime.outputs import RequestOutput
-from ingot.runtime.request import Request
+from ingot.runtime.engine_core import EngineCore
 
 logger = logging.getLogger("ingot")
 
-OutputCallback = Callable[[RequestOutput], None]
-
-
-@dataclass
-class _Add:
-    requests: list[Request]
-    on_output: OutputCallback
-
-
-@dataclass
-class _Abort:
-    request_ids: list[str] | None  # None: every request in flight
+IDLE_WAIT_S = 0.5
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, on_message: Callable[[StepMessage], None],
+                 on_failure: Callable[[], None]) -> None:
         self.engine = engine
+        self._core = EngineCore(engine)
+        self._on_message, self._on_failure = on_message, on_failure
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._callbacks: dict[str, OutputCallback] = {}
         self._wake = threading.Event()
         self._stopping = False
-        self.error: BaseException | None = None
+        self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="ingot-engine-loop", daemon=True)
         self._thread.start()
 
-    def add(self, requests: list[Request], on_output: OutputCallback) -> None:
-        """Queue already-validated requests (see LLMEngine.make_request); outputs go to on_output."""
-        self._commands.put(_Add(requests, on_output))
-        self._wake.set()
+    @property
+    def stats(self):
+        return self.engine.stats
 
-    def abort(self, request_ids: list[str]) -> None:
-        self._commands.put(_Abort(request_ids))
-        self._wake.set()
+    def add(self, requests: list[AddRequest]) -> None:
+        """Queue validated requests (see ingot/runtime/validation.py)."""
+        self._put(("add", requests))
 
-    def abort_all(self) -> None:
-        """Abort every request in flight (a server that stops draining): each gets its final output."""
-        self._commands.put(_Abort(None))
-        self._wake.set()
+    def abort(self, request_ids: list[str] | None) -> None:
+        """Abort these engine requests (None: every one in flight); each gets its final delta."""
+        self._put(("abort", request_ids))
+
+    def failure(self) -> str | None:
+        if self.error is not None:
+            return f"the engine loop has stopped: {self.error}"
+        workers = getattr(self.engine, "workers", None)
+        if workers is not None:
+            try:
+                workers.check_alive()
+            except EngineError as exc:
+                return str(exc)
+        return None
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop thread, then the engine's worker processes (if it has any)."""
@@ -66,40 +69,31 @@ class EngineLoop:
         self._thread.join(timeout)
         self.engine.shutdown()
 
+    def _put(self, command: tuple) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
     def _run(self) -> None:
         try:
             while not self._stopping:
-                self._apply_commands()
-                if not self.engine.has_unfinished_requests():
-                    self._wake.wait(0.5)
+                deltas = self._apply_commands()
+                if self._core.has_work:
+                    deltas += self._core.step()
+                elif not deltas:
+                    self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
                     continue
-                for output in self.engine.step():
-                    self._deliver(output)
+                self._on_message(StepMessage(deltas, self.engine.stats))
         except BaseException as exc:  # the loop must never die silently: fail every waiting request
             logger.exception("engine loop failed")
-            self.error = exc
-            for request_id, callback in list(self._callbacks.items()):
-                callback(self.engine.abort_output(request_id))
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._on_failure()
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> list[tuple]:
+        deltas = []
         while True:
             try:
-                command = self._commands.get_nowait()
+                kind, payload = self._commands.get_nowait()
             except queue.Empty:
-                return
-            if isinstance(command, _Add):
-                for request in command.requests:
-                    self._callbacks[request.request_id] = command.on_output
-                    self.engine.submit(request)
-            else:
-                for request_id in list(self._callbacks) if command.request_ids is None else command.request_ids:
-                    if request_id in self._callbacks:
-                        self._deliver(self.engine.abort_output(request_id))
-
-    def _deliver(self, output: RequestOutput) -> None:
-        callback = self._callbacks.get(output.request_id)
-        if output.finished:
-            self._callbacks.pop(output.request_id, None)
-        if callback is not None:
-            callback(output)
+                return deltas
+            deltas += self._core.add(payload) if kind == "add" else self._core.abort(payload)

@@ -6,7 +6,7 @@
     GET  /health  /version  /metrics                liveness, versions, Prometheus text
     GET  /plan/...                                  the planner (ingot.plan.web), mounted
 
-One AsyncLLM (one engine loop) serves every request. The Gate middleware answers 401 before a
+One AsyncLLM (one engine core) serves every request. The Gate middleware answers 401 before a
 body is read; for generation it reads the whole body first (at most max_body_bytes, within
 BODY_READ_TIMEOUT_S: 413 / 408), and only then takes a --max-queue slot (429), so that clients
 that send headers and then stall cannot hold every slot. It counts every response by route and

@@ -2,7 +2,7 @@
 small types cover what the server reports, and the engine's own counters come from EngineStats.
 
 Counters and histograms are touched only on the event loop thread, so they need no lock;
-EngineStats is an immutable snapshot that the engine thread swaps in after every step.
+EngineStats is an immutable snapshot that comes with every step of the engine core (core_records.py).
 """
 
 from __future__ import annotations

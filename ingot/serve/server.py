@@ -1,12 +1,15 @@
 """Start the server: load the engine once, then run uvicorn until SIGINT/SIGTERM.
 
-The engine is loaded before the port opens, so /health answering means ready. On a signal,
+The engine core runs in a process of its own (ingot/runtime/core_process.py; engine_in_process
+keeps it on a thread of this one). The engine is loaded before the port opens, so /health
+answering means ready. On a signal,
 uvicorn stops accepting connections and the server drains: new generation requests on open
 connections get 503, open requests get shutdown_timeout seconds to finish, then every request
 still running is aborted, so each stream ends with a finish_reason "abort" chunk, an error event
 and [DONE] (uvicorn's own deadline, DRAIN_MARGIN_S later, is never the one that cancels them);
-the engine loop is shut down last, whatever happened.
-If the engine fails on its own (its loop stops on an error, a worker rank dies), a watchdog
+the engine core is shut down last, whatever happened.
+If the engine fails on its own (its core process dies, its loop stops on an error, a worker rank
+dies), a watchdog
 reports why and stops the server the same way, and the process exits with status 1.
 """
 
@@ -25,14 +28,14 @@ DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced ca
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
           log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None,
-          max_body_bytes: int | None = None, metrics_public: bool = False) -> int:
+          max_body_bytes: int | None = None, metrics_public: bool = False, engine_in_process: bool = False) -> int:
     import uvicorn
 
     from ingot.async_llm import AsyncLLM
     from ingot.serve.app import ServerState, build_app
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    llm = AsyncLLM(engine_dir, device=device, draft_engine=draft_engine)
+    llm = AsyncLLM(engine_dir, device=device, draft_engine=draft_engine, in_process=engine_in_process)
     try:
         name = served_model_name or Path(engine_dir).resolve().name
         limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}

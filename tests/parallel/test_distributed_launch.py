@@ -1,6 +1,6 @@
 """Launching and losing ranks: two "hosts" on loopback under torchrun serve one request, and a
 worker killed mid-generation stops `ingot serve` within its timeout with a message naming the
-rank, leaving no process behind."""
+rank, leaving no process behind (the server's engine core process starts the worker ranks)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,14 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _descendants(pid: int) -> list[int]:
+    children = _children(pid)
+    return children + [d for c in children for d in _descendants(c)]
+
+
 def _worker_ranks(pid: int) -> list[int]:
     """The spawned rank processes (multiprocessing's resource tracker is a child too)."""
-    return [c for c in _children(pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    return [c for c in _descendants(pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
 
 
 def _running(pid: int) -> bool:
@@ -71,9 +76,9 @@ def _running(pid: int) -> bool:
 def test_a_killed_worker_stops_the_server_with_a_message(engines, tmp_path):
     _, tp2 = engines
     server = start_server(tp2, tmp_path / "server.log")
-    children = _children(server.process.pid)
+    children = _descendants(server.process.pid)
     workers = _worker_ranks(server.process.pid)
-    assert len(workers) == 1, "rank 1 runs in a child process"
+    assert len(workers) == 1, "rank 1 runs in a process of its own"
     with httpx.stream("POST", f"{server.url}/v1/completions", timeout=60,
                       json={"prompt": "a long story", "max_tokens": 3000, "stream": True, "ignore_eos": True}) as stream:
         lines = stream.iter_lines()

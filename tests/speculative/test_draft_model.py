@@ -136,3 +136,24 @@ def test_cli_builds_inspects_and_runs_with_a_draft_engine(tiny_checkpoint, tiny_
                  str(tiny_engine)]) == 0
     assert main(["run", str(target), "hello", "--max-tokens", "6", "--device", "cpu"]) != 0
     assert "pass --draft-engine DIR" in capsys.readouterr().err
+
+
+def test_async_llm_drafts_in_its_engine_core_process(engines, plain_outputs):
+    """`ingot serve --draft-engine DIR`: the draft engine is opened by the engine core process."""
+    import asyncio
+
+    from ingot.async_llm import AsyncLLM
+
+    llm = AsyncLLM(engines["target"], device="cpu", draft_engine=engines["small_draft"])
+    work = _workload()[:4]
+
+    async def run():
+        return await asyncio.gather(*(llm.generate_async(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                                                                ignore_eos=True))
+                                      for prompt, max_tokens in work))
+
+    try:
+        assert [out.outputs[0].token_ids for out in asyncio.run(run())] == plain_outputs[:4]
+        assert llm.stats().draft_tokens_total > 0
+    finally:
+        llm.shutdown()
