@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from ingot.errors import RequestError
+from ingot.structured.spec import StructuredOutput
 
 # Below this temperature sampling is treated as greedy (argmax): dividing logits by ~0
 # overflows, and the distribution is a point mass anyway.
@@ -51,6 +52,9 @@ class SamplingParams:
     # With an engine built for speculative decoding: let its proposer draft tokens for this request
     # (the output is the same either way; False opts out, e.g. for latency-insensitive batch jobs).
     speculative: bool = True
+    # The answer must match this (JSON schema, regex, choice, grammar: ingot/structured). Such a
+    # request does not speculate (its drafts are not checked against the grammar yet).
+    structured: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -81,6 +85,12 @@ class SamplingParams:
         self._check("stop_token_ids", len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS
                     and all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
                     f"at most {MAX_STOP_TOKEN_IDS} non-negative token ids")
+        if self.structured is not None:
+            self._check("structured", isinstance(self.structured, StructuredOutput),
+                        "a StructuredOutput (ingot.structured), e.g. StructuredOutput.json(schema)")
+            # the grammar ends the answer with EOS; ignoring it would ask for tokens past the end
+            self._check("ignore_eos", not self.ignore_eos, "False with structured output")
+            self.speculative = False
 
     def _check(self, name: str, ok: bool, allowed: str) -> None:
         if not ok:

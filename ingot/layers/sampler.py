@@ -1,6 +1,6 @@
 """Sampler: one batch of logits in, one token per row out.
 
-Order, as vLLM: penalties → logprobs → temperature → top-k → top-p → min-p → sample.
+Order, as vLLM: penalties → grammar mask → logprobs → temperature → top-k → top-p → min-p → sample.
 Logprobs are log_softmax of the *penalised* logits, before temperature and filtering: the
 model's distribution as the request's penalties shaped it, not the truncated one it was drawn
 from (vLLM's default "raw" logprobs skip the penalties too; ours include them).
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ingot.sampling_params import SamplingParams
+from ingot.structured.grammar import apply_token_bitmask
 
 
 @dataclass
@@ -27,6 +28,9 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     generator: torch.Generator | None = None  # per-request RNG on the logits' device; None = global RNG
+    # structured output: the tokens allowed at this row, packed (ceil(vocab / 32),) int32 on the host
+    # (ingot/structured/grammar.py); None = every token
+    allowed: torch.Tensor | None = None
 
 
 @dataclass
@@ -47,7 +51,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         # logits: (num_rows, vocab) float32; never modified in place (the caller may reuse it)
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (tuple(logits.shape), len(rows))
-        logits = apply_penalties(logits.float(), rows)
+        logits = apply_allowed(apply_penalties(logits.float(), rows), rows)
         want_logprobs = any(r.params.logprobs is not None for r in rows)
         logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
         greedy = [r.params.greedy for r in rows]
@@ -64,7 +68,7 @@ class Sampler:
         """Token ids as a device tensor, without waiting for the device: for rows that want no
         logprobs (the engine's overlapped decode path). (num_rows,) int64."""
         assert all(r.params.logprobs is None for r in rows)
-        logits = apply_penalties(logits.float(), rows)
+        logits = apply_allowed(apply_penalties(logits.float(), rows), rows)
         token_ids = logits.argmax(dim=-1)
         greedy = [r.params.greedy for r in rows]
         if not all(greedy):
@@ -95,6 +99,16 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     if any(pres) or any(freq):
         logits = logits - _column(freq, logits) * counts - _column(pres, logits) * (counts > 0).to(logits.dtype)
     return logits
+
+
+def apply_allowed(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Structured output: disallowed tokens of the rows that carry a mask get -inf (one batched op
+    for those rows; rows without a mask are left exactly as they were, and pay nothing when no row
+    has one)."""
+    constrained = [i for i, r in enumerate(rows) if r.allowed is not None]
+    if not constrained:
+        return logits
+    return apply_token_bitmask(logits, constrained, torch.stack([rows[i].allowed for i in constrained]))
 
 
 def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from ingot.runtime.validation import check_prompt_kind, validate_request
 from ingot.sampling_params import SamplingParams
 from ingot.speculative import make_proposer
 from ingot.speculative.base import fill_drafts
+from ingot.structured.grammar import GrammarCompiler
 from ingot.tokenizer import Tokenizer
 
 logger = logging.getLogger("ingot")
@@ -88,6 +89,8 @@ class LLMEngine:
         cfg, build = self.spec.model, self.spec.build
         tokenizer_eos = self.tokenizer.eos_token_ids if self.tokenizer else ()
         self.eos_token_ids = tuple(sorted(set(tokenizer_eos) | set(cfg.eos_token_ids)))
+        # structured output: grammars compiled for this tokenizer on first use, cached by spec
+        self.grammars = GrammarCompiler(self.tokenizer, cfg.vocab_size, self.eos_token_ids) if self.tokenizer else None
         self.kv = KVCacheManager(BlockPool(self.pool_plan.num_blocks), build.tokens_per_block,
                                  cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, scheduler_config or SchedulerConfig.for_engine(build), build.max_seq_len)
@@ -148,6 +151,10 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(request_id, token_ids, params, prompt=prompt_text, eos_token_ids=self.eos_token_ids)
         request.generator = make_generator(params.seed, self.device)
+        if params.structured is not None:
+            if self.grammars is None:
+                raise RequestError(f"engine {self.engine_dir} has no tokenizer: structured output needs one")
+            request.matcher = self.grammars.matcher(params.structured)
         if self.tokenizer is not None:
             request.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
         return request

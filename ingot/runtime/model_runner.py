@@ -11,10 +11,16 @@ tokens stay on the device and feed the next step's inputs, and are read back one
 while the GPU runs that next step. `execute` therefore yields the outputs of the steps whose
 tokens became known, oldest first; the engine applies each before the runner continues (a
 step sampled afterwards reads the request histories that output completed).
+
+Structured output. A request with a grammar (request.matcher) needs its previous token on the host
+to compute the next mask, so a step holding one is never deferred. Its mask is filled on the host
+after the forward is launched and before the logits are read, so on a GPU the mask work overlaps
+the forward; the sampler applies the packed masks of the constrained rows in one op.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,6 +35,9 @@ from ingot.runtime.records import PromptScores, RunnerOutput, SampledTokens, Sch
 from ingot.runtime.step_inputs import HostInputs, block_table_array, host_inputs
 from ingot.sampling_params import SamplingParams
 from ingot.speculative.verify import emitted_tokens
+from ingot.structured.grammar import bitmask_words
+
+logger = logging.getLogger("ingot")
 
 
 class ModelRunner:
@@ -84,7 +93,7 @@ class ModelRunner:
         if not self.async_output or self.want_hidden_states or len(step.scheduled) < self.overlap_min_batch:
             return False
         return all(s.num_tokens == 1 and s.samples and s.request.params.logprobs is None
-                   and not _reads_history(s.request.params) for s in step.scheduled)
+                   and not _reads_history(s.request.params) and s.request.matcher is None for s in step.scheduled)
 
     def _run(self, step: SchedulerOutput) -> RunnerOutput:
         logits, hidden, scores = self._forward_and_score(step)
@@ -163,9 +172,10 @@ class ModelRunner:
         seeing the drafts before it as history (penalties), then the acceptance rule of
         ingot/speculative/verify.py picks the tokens it emits."""
         sampling = [s for s in step.scheduled if s.samples]
+        masks = _grammar_masks(sampling, logits.shape[1])  # on the host, while the device computes the logits
         rows = [SamplingRow(s.request.params, s.request.prompt_token_ids,
                             s.request.output_token_ids + s.draft_tokens[:i] if i else s.request.output_token_ids,
-                            s.request.generator)
+                            s.request.generator, masks.get(s.request))
                 for s in sampling for i in range(s.num_sampled)]
         if not rows:
             return []
@@ -179,7 +189,34 @@ class ModelRunner:
                 logprobs = [_logprob_entry(token, result, first + i) for i, token in enumerate(tokens)]
             out.append(SampledTokens(s.request, tokens, logprobs, len(s.draft_tokens) + 1 - len(tokens)))
             first += s.num_sampled
+            if s.request.matcher is not None:
+                _advance(s.request, tokens)
         return out
+
+
+def _grammar_masks(sampling: list, vocab_size: int) -> dict:
+    """request -> its packed mask of allowed next tokens, (ceil(vocab / 32),) int32 CPU, for the
+    requests with a grammar. Such a request never has drafts (SamplingParams.structured turns
+    speculation off), so it samples one position."""
+    constrained = [s.request for s in sampling if s.request.matcher is not None]
+    if not constrained:
+        return {}
+    assert all(not s.draft_tokens for s in sampling if s.request.matcher is not None)
+    bitmask = torch.empty((len(constrained), bitmask_words(vocab_size)), dtype=torch.int32)
+    for row, request in enumerate(constrained):
+        request.matcher.fill(bitmask, row)
+    return {request: bitmask[row] for row, request in enumerate(constrained)}
+
+
+def _advance(request, tokens: list[int]) -> None:
+    """The grammar follows the tokens the request accepted. The mask allowed only tokens the grammar
+    accepts, so a refusal is a bug; the request goes on unconstrained from there rather than fail."""
+    for token in tokens:
+        if not request.matcher.accept(token):
+            logger.error("request %s: the grammar refused token %d that its mask allowed; constraint dropped",
+                         request.request_id, token)
+            request.matcher = None
+            return
 
 
 def _reads_history(params: SamplingParams) -> bool:

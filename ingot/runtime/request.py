@@ -51,6 +51,9 @@ class Request:
     detokenizer: Any = None  # IncrementalDetokenizer, when the engine has a tokenizer
     output_text: str = ""  # output text made visible so far (stop strings cut, possible stop prefixes held back)
     sample_index: int = 0  # which of the parent request's n samples this is
+    # params.structured compiled for the engine's tokenizer (ingot/structured/grammar.Matcher): masks
+    # each sampled token and advances with it
+    matcher: Any = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
