@@ -90,8 +90,8 @@ def one_run(tree: Path, engine_dir: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(HERE / "kv_thrash_cpu.py"), "--measure", str(engine_dir),
                "--num-requests", str(args.num_requests), "--isl", str(args.isl), "--osl", str(args.osl),
                "--cache-bytes", str(args.cache_bytes), "--seed", str(args.seed)]
-    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True,
-                          text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "INGOT_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(tree, result, file=sys.stderr, flush=True)
     return result
@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--cache-bytes", type=int, default=300 * 16 * 4 * 2 * 2 * 32 * 4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=2)
+    # one thread: on a machine others share, two threads waiting on each other made wall times
+    # swing from 3 s to 60 s between identical runs
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
     parser.add_argument("--baseline", type=Path, help="a source tree to measure as the 'before'")
     parser.add_argument("--baseline-commit", help="the commit that tree was exported from")
     parser.add_argument("--measure", metavar="ENGINE", help=argparse.SUPPRESS)  # one run; JSON on stdout
@@ -130,6 +133,7 @@ def main() -> int:
         "dtype": "fp32", "build": BUILD, "isl": args.isl, "osl": args.osl, "num_requests": args.num_requests,
         "random_lengths": "each request's ISL and OSL uniform in [len/2, len*3/2]", "seed": args.seed,
         "kv_cache_bytes": args.cache_bytes, "policy": "max_utilization", "prefix_caching": False,
+        "torch_threads": args.threads,
         "after": after,
         "before": {"commit": args.baseline_commit, "runs": before} if before else None,
         "notes": "CPU wall times are noisy (2 shared cores): each tree runs --runs times, the trees taking turns",

@@ -87,7 +87,6 @@ def test_an_overloaded_workload_recomputes_little_and_matches_solo_runs(tiny_eng
     assert [r.output_token_ids for r in requests] == alone
     stats = engine.stats
     assert stats.computed_tokens_total == _useful_positions(requests) + stats.recomputed_tokens_total
-    print(lookahead, stats.preempted_total, stats.recomputed_fraction, stats.num_steps)
     if lookahead is None:
         assert stats.recomputed_fraction < 0.05
     else:  # the workload does thrash without the forecast: the test above is not vacuous
