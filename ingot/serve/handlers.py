@@ -18,6 +18,8 @@ from ingot.serve.errors import APIError, bad_request, from_request_error, from_v
 from ingot.serve.formats import ChatFormat, CompletionFormat, usage
 from ingot.serve.generation import Job, collect, stream_outputs
 from ingot.serve.protocol import ChatCompletionRequest, CompletionRequest, check_fits
+from ingot.serve.structured_fields import structured_output
+from ingot.serve.tools import ToolCalling, ToolChatFormat
 
 logger = logging.getLogger("ingot.serve")
 
@@ -60,9 +62,16 @@ async def chat_completions(state, request: Request) -> Response:
     req: ChatCompletionRequest = await parse(ChatCompletionRequest, request)
     state.check_model(req.model)
     req.check_supported()
+    tokenizer = state.llm.tokenizer
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else \
+        json.dumps(tokenizer.chat_template or "")
+    calling = ToolCalling.from_request(req, template)
+    messages = [m.to_dict() for m in req.messages]
+    tools = {} if calling is None else {"tools": req.tools}
+    if calling is not None:
+        messages = calling.messages(messages, template)
     try:
-        ids = await run_in_threadpool(state.llm.tokenizer.encode_chat, [m.to_dict() for m in req.messages],
-                                      req.add_generation_prompt)
+        ids = await run_in_threadpool(lambda: tokenizer.encode_chat(messages, req.add_generation_prompt, **tools))
     except RequestError as exc:
         raise from_request_error(exc, "messages") from None
     build = state.llm.spec.build
@@ -70,14 +79,21 @@ async def chat_completions(state, request: Request) -> Response:
     max_tokens = req.requested_max_tokens or max(build.max_seq_len - len(ids), 1)
     limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     _check_prompt(state, ids, max_tokens, "messages", limit_param)
-    jobs = [Job(ids, _params(state, req, max_tokens, req.num_logprobs))]
+    forced = calling.structured() if calling is not None else None
+    if forced is not None and structured_output(req) is not None:
+        raise bad_request(f"tool_choice={req.tool_choice!r} forces the answer's shape; drop response_format "
+                          "or the guided_* field", "tool_choice")
+    jobs = [Job(ids, _params(state, req, max_tokens, req.num_logprobs, structured=forced))]
     fmt = ChatFormat(state.llm.tokenizer, state.model_name, req.num_logprobs)
+    if calling is not None:
+        fmt = ToolChatFormat(fmt, calling)
     return await _respond(state, request, req, jobs, fmt, "messages", arrival)
 
 
-def _params(state, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None):
+def _params(state, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
+            structured=None):
     try:
-        params = req.sampling_params(max_tokens, logprobs, prompt_logprobs)
+        params = req.sampling_params(max_tokens, logprobs, prompt_logprobs, structured)
     except RequestError as exc:
         raise from_request_error(exc) from None
     vocab = state.llm.spec.model.vocab_size

@@ -3,7 +3,7 @@
 Strict types (a string is not a number) and OpenAI's ranges, so a bad value is a 400 naming the
 field before anything reaches the engine. Unknown fields are ignored, as OpenAI-compatible
 servers do, so clients that send extra options (LangChain's `user`, ...) keep working; options
-that would silently change the meaning of a request (tools, logit_bias, suffix) are refused.
+that would silently change the meaning of a request (logit_bias, suffix) are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ingot.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
                                    REPETITION_PENALTY_RANGE, SamplingParams)
 from ingot.serve.errors import bad_request
+from ingot.serve.structured_fields import structured_output
+from ingot.structured import StructuredOutput
 
 MAX_N = 128
 # A request's prompts and samples each become a sequence in the engine: bounded per request, so
@@ -63,6 +65,13 @@ class _SamplingFields(_Strict):
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # constraints on the answer (ingot/serve/structured_fields.py): OpenAI's and vLLM's spellings
+    response_format: dict | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: dict | None = None
 
     @field_validator("stop")
     @classmethod
@@ -85,7 +94,7 @@ class _SamplingFields(_Strict):
             raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
     def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
-                        ) -> SamplingParams:
+                        structured: StructuredOutput | None = None) -> SamplingParams:
         optional = {name: getattr(self, name) for name in
                     ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty") if getattr(self, name) is not None}
@@ -94,7 +103,7 @@ class _SamplingFields(_Strict):
             stop_token_ids=self.stop_token_ids or [], ignore_eos=self.ignore_eos,
             include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-            **optional)
+            structured=structured if structured is not None else structured_output(self), **optional)
 
 
 class CompletionRequest(_SamplingFields):
@@ -152,12 +161,15 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None  # an assistant's earlier calls (OpenAI's shape)
+    tool_call_id: str | None = None  # role "tool": the call this message answers
 
     def to_dict(self) -> dict:
         content = self.content
         if isinstance(content, list):  # the parts' texts, concatenated: templates expect a string
             content = "".join(part.text for part in content)
-        return {"role": self.role, "content": content, "name": self.name}
+        return {"role": self.role, "content": content, "name": self.name, "tool_calls": self.tool_calls,
+                "tool_call_id": self.tool_call_id}
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -167,15 +179,12 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     add_generation_prompt: bool = True
-    tools: list | None = None
-    response_format: dict | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None  # "auto" (default with tools), "none", "required", or a named function
+    parallel_tool_calls: bool = True
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.tools:
-            raise bad_request("tools (function calling) are not supported by ingot", "tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise bad_request("only response_format type 'text' is supported by ingot", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
 

@@ -72,7 +72,22 @@ def test_unknown_model(server):
     ("chat/completions", {**CHAT, "max_completion_tokens": -1}, "max_completion_tokens"),
     ("chat/completions", {**CHAT, "top_logprobs": 3}, "top_logprobs"),
     ("chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    # issue 20: constraints and tools that cannot be enforced
+    ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {}}]}, "tools[0]"),
+    ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
+                          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "objec"}}}], "tool_choice": "required"}, "tools"),
+    ("chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}}}},
+     "response_format.json_schema.schema"),
+    ("chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format.type"),
+    ("completions", {**COMPLETION, "guided_regex": "a(b"}, "guided_regex"),
+    ("completions", {**COMPLETION, "guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
+    ("completions", {**COMPLETION, "guided_choice": []}, "guided_choice"),
+    ("completions", {**COMPLETION, "guided_json": {"type": "objec"}}, "guided_json"),
+    ("completions", {**COMPLETION, "guided_regex": "a", "guided_choice": ["a"]}, "guided_choice"),
+    ("completions", {**COMPLETION, "structured_outputs": {"regex": "(("}}, "structured_outputs.regex"),
     ("chat/completions", {**CHAT, "n": "2"}, "n"),
     # issue 21: values that broke the sampler or let one request hold up the others
     ("completions", {**COMPLETION, "repetition_penalty": 1e-300}, "repetition_penalty"),
