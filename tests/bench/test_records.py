@@ -89,7 +89,10 @@ def test_throughput_record_has_every_field_and_its_ratio_recomputes(tiny_engine,
                  "--random-lengths", "--json", str(out), "--device", "cpu"]) == 0
     record = json.loads(out.read_text())
     assert not [f for f in HEADER + THROUGHPUT if f not in record]
-    assert record["output_tokens"] == pytest.approx(record["output_tok_s"] * record["elapsed_s"], rel=0.01)
+    # elapsed_s is rounded to the millisecond: on a run this short that alone moves the rate
+    rate = record["output_tokens"] / record["elapsed_s"]
+    assert record["output_tok_s"] == pytest.approx(rate, rel=1e-3 + 0.0006 / record["elapsed_s"])
+    assert record["recomputed_tokens"] >= 0 and record["computed_tokens"] >= record["output_tokens"]
     ceiling = record["matmul_tflops"] * 1e12 / record["flops_per_output_token"]
     assert record["compute_ceiling_tok_s"] == pytest.approx(ceiling, rel=1e-6)
     assert record["compute_ceiling_ratio"] == pytest.approx(record["output_tok_s"] / record["compute_ceiling_tok_s"],
