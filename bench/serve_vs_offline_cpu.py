@@ -12,12 +12,14 @@ request submitted at once); then, for each server mode, `ingot serve ENGINE` dri
 its own) and `in-process` (`--engine-in-process`: the core on a thread of the server's process,
 sharing its GIL). The record holds each run's output tok/s, TTFT and TPOT, served / offline, the
 engine steps the server ran (from /metrics), and the CPU seconds of the server's API process, of
-its engine core (with any worker ranks) and of the client, read from /proc and wait4 (Linux): a
+its engine core (with any worker ranks) and of each client, read from /proc and wait4 (Linux): a
 client that used a whole core for the run measured itself, not the server.
 
 Arguments: --engine DIR (default: build the CPU proxy), --num-requests / --isl / --osl (default
-400 / 32 / 64), --modes (default: default,in-process), --layers (the proxy's depth, default 16),
---tag (the record's device word, default cpu), --out (a directory).
+400 / 32 / 64), --modes (default: default,in-process), --clients N (default 1: N `ingot bench serve`
+processes, started together, share the requests; their tokens are added up over the longest
+duration — one Python client streaming 1,500 requests can use a whole core and become the limit),
+--layers (the proxy's depth, default 16), --tag (the record's device word, default cpu), --out.
 
 The CPU proxy is a random Llama (hidden 72, --layers layers, fp32) with a 256-symbol byte-level
 tokenizer, built into a temporary directory by `ingot build --load-format dummy --tokenizer`, run
@@ -54,6 +56,7 @@ def main() -> None:
     p.add_argument("--isl", type=int, default=32)
     p.add_argument("--osl", type=int, default=64)
     p.add_argument("--modes", default="default,in-process", help="server modes to measure: default, in-process")
+    p.add_argument("--clients", type=int, default=1, help="`ingot bench serve` processes sharing the requests")
     p.add_argument("--layers", type=int, default=16, help="the CPU proxy's number of layers")
     p.add_argument("--tag", default="cpu", help="the device word in the record's name")
     p.add_argument("--out", default="bench/results")
@@ -64,15 +67,23 @@ def main() -> None:
         if engine is None:
             engine = build_proxy(Path(tmp), args.layers)
             env.update(OMP_NUM_THREADS="1", INGOT_NUM_THREADS="1")  # one core each: the engine, the server, the client
-        record = {**record_header(), "benchmark": "serve-vs-offline", "engine": engine,
+        record = {**record_header(gpu_name()), "benchmark": "serve-vs-offline", "engine": engine,
                   "proxy": None if args.engine else {**PROXY_CONFIG, "num_hidden_layers": args.layers},
-                  "workload": {"num_requests": args.num_requests, "isl": args.isl, "osl": args.osl}}
+                  "workload": {"num_requests": args.num_requests, "isl": args.isl, "osl": args.osl},
+                  "clients": args.clients}
         record["offline"] = offline(engine, args, env, Path(tmp))
         record["served"] = {mode: served(engine, args, env, Path(tmp), mode) for mode in args.modes.split(",")}
     for run in record["served"].values():
         run["served_over_offline"] = round(run["output_tok_s"] / record["offline"]["output_tok_s"], 3)
     name = f"{time.strftime('%Y-%m-%d')}-{args.tag}-serve-vs-offline.json"
     write_record(Path(args.out) / name, record)
+
+
+def gpu_name() -> str | None:
+    """The GPU the engine runs on, for the record's device (None: the CPU, benchlib's default)."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def build_proxy(tmp: Path, layers: int) -> str:
@@ -114,25 +125,36 @@ def served(engine: str, args, env: dict, tmp: Path, mode: str) -> dict:
     try:
         wait_healthy(server, port, log)
         before = {**server_cpu(server.pid), **engine_counters(port)}
-        out = tmp / f"served-{mode}.json"
-        client = run_timed([sys.executable, "-m", "ingot.cli", "bench", "serve", "--url", f"http://127.0.0.1:{port}",
-                            "--num-prompts", str(args.num_requests), "--isl", str(args.isl), "--osl", str(args.osl),
-                            "--request-rate", "inf", "--json", str(out)], env, check=False)
+        outs = [tmp / f"served-{mode}-{i}.json" for i in range(args.clients)]
+        shares = [args.num_requests // args.clients + (i < args.num_requests % args.clients)
+                  for i in range(args.clients)]
+        clients = [subprocess.Popen([sys.executable, "-m", "ingot.cli", "bench", "serve", "--url",
+                                     f"http://127.0.0.1:{port}", "--num-prompts", str(share), "--isl", str(args.isl),
+                                     "--osl", str(args.osl), "--request-rate", "inf", "--seed", str(i),
+                                     "--json", str(out)], env=env) for i, (share, out) in enumerate(zip(shares, outs))]
+        client_cpu = [wait_cpu(client) for client in clients]
         after = {**server_cpu(server.pid), **engine_counters(port)}
     finally:
         server.terminate()
         server.wait(120)
-    result = json.loads(out.read_text())
-    tok_s = result.get("output_tok_s", result.get("output_token_throughput"))  # the key's name before 959fd77
-    return {"output_tok_s": round(tok_s, 2), "duration_s": round(result["duration_s"], 3),
-            "completed": result["completed"], "failed": result["failed"], "errors": result["errors"],
-            "total_output_tokens": result["total_output_tokens"], "ttft_ms": result["ttft_ms"],
-            "tpot_ms": result["tpot_ms"], "itl_ms": result["itl_ms"],
+    return {**combine([json.loads(out.read_text()) for out in outs]),
             "engine_steps": after["steps"] - before["steps"],
             "generated_tokens": after["generated"] - before["generated"],
             "cpu_s": {"api_process": round(after["api"] - before["api"], 2),
-                      "engine_core": round(after["rest"] - before["rest"], 2), "client": client},
+                      "engine_core": round(after["rest"] - before["rest"], 2), "clients": client_cpu},
             "server_exit_code": server.returncode}
+
+
+def combine(results: list[dict]) -> dict:
+    """One client's figures as they are; several clients' (started together) added up, over the longest
+    duration, with each client's latencies kept apart."""
+    tokens = sum(r["total_output_tokens"] for r in results)
+    duration = max(r["duration_s"] for r in results)
+    combined = {"output_tok_s": round(tokens / duration, 2), "duration_s": round(duration, 3),
+                "completed": sum(r["completed"] for r in results), "failed": sum(r["failed"] for r in results),
+                "errors": sorted({e for r in results for e in r["errors"]}), "total_output_tokens": tokens}
+    latencies = [{k: r[k] for k in ("ttft_ms", "tpot_ms", "itl_ms")} for r in results]
+    return {**combined, **(latencies[0] if len(results) == 1 else {"per_client": latencies})}
 
 
 def engine_counters(port: int) -> dict:
@@ -144,13 +166,19 @@ def engine_counters(port: int) -> dict:
             "generated": int(float(samples["ingot_generation_tokens_total"]))}
 
 
-def run_timed(cmd: list[str], env: dict, check: bool = True) -> float:
+def run_timed(cmd: list[str], env: dict) -> float:
     """Run cmd to its end; the CPU seconds (user + system) it and its children used."""
     process = subprocess.Popen(cmd, env=env)
+    cpu = wait_cpu(process)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed with exit code {process.returncode}")
+    return cpu
+
+
+def wait_cpu(process: subprocess.Popen) -> float:
+    """Wait for the process; the CPU seconds (user + system) it and its children used."""
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    if check and process.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[2:5])} failed with exit code {process.returncode}")
     return round(usage.ru_utime + usage.ru_stime, 2)
 
 
