@@ -100,8 +100,15 @@ def _batch_axis(ax, batches: list) -> None:
 # -- throughput ------------------------------------------------------------------------------
 
 
+def _lengths(category: tuple) -> str:
+    isl, osl, random_lengths = category
+    return f"{isl}/{osl}" + (" random" if random_lengths else "")
+
+
 def throughput_charts(records: list[Record]) -> list[Chart]:
-    points, superseded = newest(records, lambda r: (series_name(r, lengths=False), (r.data["isl"], r.data["osl"])))
+    # a random-lengths run (each request's lengths drawn around isl/osl) is a workload of its own
+    points, superseded = newest(records, lambda r: (series_name(r, lengths=False),
+                                                    (r.data["isl"], r.data["osl"], bool(r.data.get("random_lengths")))))
     categories = sorted({cat for _, cat in points})
     ingot, peers, published = {}, {}, {}  # series name -> {(isl, osl): Bar}
     for (name, cat), record in sorted(points.items()):
@@ -124,10 +131,10 @@ def throughput_charts(records: list[Record]) -> list[Chart]:
         for x, bar in zip(xs, cells.values()):
             if bar.ratio is not None:
                 ax.annotate(f"{bar.ratio:.0%} of\nceiling", (x, bar.value), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(categories)), [f"{isl}/{osl}" for isl, osl in categories])
+    ax.set_xticks(range(len(categories)), [_lengths(cat) for cat in categories])
     ax.set_xlabel("ISL/OSL (input/output tokens per request)")
     _finish(ax, "output tok/s")
-    rows = [(name, f"{cat[0]}/{cat[1]}", bar.value, bar.ratio, bar.file)
+    rows = [(name, _lengths(cat), bar.value, bar.ratio, bar.file)
             for name, cells in everything.items() for cat, bar in cells.items()]
     columns = ("series", "ISL/OSL", "output tok/s", "compute ceiling ratio", "file")
     note = "Hatched bars are published figures (not measured here); compute_ceiling_ratio above ingot's bars."
