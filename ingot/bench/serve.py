@@ -5,10 +5,12 @@
                       [--json OUT]
 
 Each request streams from /v1/completions. Per request, with t0 the moment it was sent:
-    TTFT = first text chunk - t0        E2E = last chunk - t0        ITL = gaps between text chunks
+    TTFT = first token chunk - t0       E2E = last chunk - t0        ITL = gaps between token chunks
     TPOT = (E2E - TTFT) / (output tokens - 1)
 Output tokens come from the usage of the final chunk (stream_options.include_usage), or, from a
-server that sends none, from the number of text chunks. Arrivals are Poisson at --request-rate
+server that sends none, from the number of token chunks. A token chunk is one with a choice that
+holds text (possibly empty: a token that decodes to nothing yet) or a finish reason, so a request
+whose tokens all decode to no text still completes. Arrivals are Poisson at --request-rate
 (inf: all at once), optionally capped at --max-concurrency requests in flight (a closed loop).
 """
 
@@ -215,7 +217,9 @@ async def stream_one(client, body: dict) -> RequestResult:
                     result.error = str(chunk["error"].get("message", chunk["error"]))
                     return result
                 now = time.perf_counter()
-                if any(c.get("text") for c in chunk.get("choices") or []):
+                # a chunk with choices carries tokens even when they decode to no text (a special
+                # token, half of a UTF-8 character): it counts, as in vLLM's benchmark client
+                if any("text" in c or c.get("finish_reason") for c in chunk.get("choices") or []):
                     chunks += 1
                     if result.ttft is None:
                         result.ttft = now - start
@@ -231,7 +235,7 @@ async def stream_one(client, body: dict) -> RequestResult:
     result.e2e = last - start
     result.output_tokens = result.output_tokens or chunks
     result.ok = result.ttft is not None
-    result.error = "" if result.ok else "no text came back"
+    result.error = "" if result.ok else "no token came back"
     return result
 
 

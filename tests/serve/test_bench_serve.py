@@ -81,3 +81,25 @@ def test_summarize_definitions():
     assert s["ttft_ms"]["mean"] == pytest.approx(150.0)
     assert s["request_throughput"] == 1.0 and s["output_tok_s"] == 3.0
     assert s["total_token_throughput"] == 18.0
+
+
+def test_a_stream_whose_tokens_decode_to_no_text_still_completes():
+    """Greedy decoding of random weights can repeat a token that decodes to nothing: the server ends
+    the stream with a finish reason and usage but no text; the client counts it, it did not fail."""
+    import asyncio
+
+    import httpx
+
+    from ingot.bench.serve import stream_one
+
+    chunks = [{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]},
+              {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    async def run():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, text=body))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await stream_one(client, {"prompt": "x", "max_tokens": 4, "stream": True})
+
+    result = asyncio.run(run())
+    assert result.ok and result.error == "" and result.output_tokens == 4 and result.ttft is not None
