@@ -29,6 +29,10 @@ def test_dummy_engine_runs_on_token_ids(tmp_path, capsys):
     assert len(request.output_token_ids) == 5 and request.finish_reason == "length"
     with pytest.raises(RequestError, match="has no tokenizer .* give the prompt as token ids"):
         engine.add_request("text", SamplingParams())
+    from ingot.structured import StructuredOutput
+
+    with pytest.raises(RequestError, match="has no tokenizer: structured output needs one"):
+        engine.add_request([1, 2, 3], SamplingParams(structured=StructuredOutput.choice(["a", "b"])))
 
 
 def test_dummy_needs_a_config_json(tmp_path, capsys):

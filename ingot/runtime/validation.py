@@ -13,10 +13,14 @@ from ingot.sampling_params import SamplingParams
 
 def check_prompt_kind(engine_dir: str | Path, has_tokenizer: bool, prompt_is_text: bool,
                       params: SamplingParams) -> None:
-    """An engine built with --load-format dummy has no tokenizer: token ids in, stop token ids only."""
+    """An engine built with --load-format dummy has no tokenizer: token ids in, stop token ids only,
+    no structured output (its grammar is compiled against the tokenizer's vocabulary)."""
     if not has_tokenizer and (prompt_is_text or params.stop):
         raise RequestError(f"engine {engine_dir} has no tokenizer (built with --load-format dummy): "
                            "give the prompt as token ids and stop with stop_token_ids, not strings")
+    if not has_tokenizer and params.structured is not None:
+        raise RequestError(f"engine {engine_dir} has no tokenizer: structured output needs one "
+                           "(rebuild with --tokenizer)")
 
 
 def validate_request(spec: EngineSpec, token_ids: list[int], params: SamplingParams) -> None:
