@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ingot.runtime.kv_cache import blocks_needed
 from ingot.runtime.request import Request
 
 WINDOW, MIN_SEEN, QUANTILE = 128, 32, 0.9

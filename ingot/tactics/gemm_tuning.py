@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ingot.tactics.candidates import CUBLAS, default_candidates, linear_fn, validate
+from ingot.tactics.candidates import default_candidates, linear_fn, validate
 from ingot.tactics.tune import Table, Timings, run_tuning
 
 GEMM_NAMES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
