@@ -96,3 +96,22 @@ def num_sms(device_index: int | None) -> int:
     if interpreting() or not torch.cuda.is_available():
         return 132
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
+
+
+def check_linear_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """x (..., K), weight (N, K) and bias (N,) of one float dtype and device, rows contiguous: what
+    the GEMM and GEMV kernels read."""
+    check_dtype(x, "x")
+    check_dtype(w, "weight")
+    if w.dtype != x.dtype:
+        raise ValueError(f"weight: dtype {w.dtype} differs from x's {x.dtype}")
+    check_shape(w, "weight", (None, x.shape[-1]))
+    check_last_dim_contiguous(x, "x")
+    check_last_dim_contiguous(w, "weight")
+    tensors = {"x": x, "weight": w}
+    if bias is not None:
+        check_shape(bias, "bias", (w.shape[0],))
+        if bias.dtype != x.dtype or not bias.is_contiguous():
+            raise ValueError(f"bias: must be contiguous {x.dtype}, got {bias.dtype} strides {bias.stride()}")
+        tensors["bias"] = bias
+    check_same_device(**tensors)

@@ -27,8 +27,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ingot.kernels._checks import (check_dtype, check_last_dim_contiguous, check_same_device,
-                                   check_shape, interpreting, num_sms)
+from ingot.kernels._checks import check_linear_operands, interpreting, num_sms
 
 GROUP_M = 8  # tiles of 8 row blocks walk the columns together: x stays in L2, w is read ~M/8/BM times
 
@@ -130,27 +129,10 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     return _has_tma(tensors[0].device.index) and all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
 
 
-def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
-    check_dtype(x, "x")
-    check_dtype(w, "weight")
-    if w.dtype != x.dtype:
-        raise ValueError(f"weight: dtype {w.dtype} differs from x's {x.dtype}")
-    check_shape(w, "weight", (None, x.shape[-1]))
-    check_last_dim_contiguous(x, "x")
-    check_last_dim_contiguous(w, "weight")
-    tensors = {"x": x, "weight": w}
-    if bias is not None:
-        check_shape(bias, "bias", (w.shape[0],))
-        if bias.dtype != x.dtype or not bias.is_contiguous():
-            raise ValueError(f"bias: must be contiguous {x.dtype}, got {bias.dtype} strides {bias.stride()}")
-        tensors["bias"] = bias
-    check_same_device(**tensors)
-
-
 def gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemmConfig = GemmConfig(64, 64, 64)) -> torch.Tensor:
     """x (..., K) @ w (N, K).T + bias (N,) -> (..., N), like torch.nn.functional.linear."""
-    _check(x, w, bias)
+    check_linear_operands(x, w, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[-1] > 1 and x2.stride(-1) != 1:  # reshape of an odd view may copy; keep rows contiguous

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, check_shape, next_pow2
+from ingot.kernels._checks import check_linear_operands, next_pow2
 
 MAX_M = 4  # above this the tiled GEMM (tensor cores) wins: the weight is reused across rows
 
@@ -97,26 +97,10 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn,
     tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
-    check_dtype(x, "x")
-    if w.dtype != x.dtype:
-        raise ValueError(f"weight: dtype {w.dtype} differs from x's {x.dtype}")
-    check_shape(w, "weight", (None, x.shape[-1]))
-    check_last_dim_contiguous(x, "x")
-    check_last_dim_contiguous(w, "weight")
-    tensors = {"x": x, "weight": w}
-    if bias is not None:
-        check_shape(bias, "bias", (w.shape[0],))
-        if bias.dtype != x.dtype or not bias.is_contiguous():
-            raise ValueError(f"bias: must be contiguous {x.dtype}, got {bias.dtype} strides {bias.stride()}")
-        tensors["bias"] = bias
-    check_same_device(**tensors)
-
-
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemvConfig = GemvConfig(16, 256)) -> torch.Tensor:
     """x (..., K) @ w (N, K).T + bias (N,) -> (..., N) for at most MAX_M rows of x."""
-    _check(x, w, bias)
+    check_linear_operands(x, w, bias)
     return _launch(x, w, bias, config, silu_mul=False)
 
 
@@ -126,7 +110,7 @@ def gemv_silu_mul(gate_up: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     the GEMV's prologue; equal to silu_and_mul then gemv."""
     if gate_up.shape[-1] != 2 * w.shape[-1]:
         raise ValueError(f"gate_up: last dimension {gate_up.shape[-1]} must be twice the weight's {w.shape[-1]}")
-    _check(gate_up[..., : w.shape[-1]], w, bias)
+    check_linear_operands(gate_up[..., : w.shape[-1]], w, bias)
     return _launch(gate_up, w, bias, config, silu_mul=True)
 
 
