@@ -1,4 +1,5 @@
-"""`ingot serve ENGINE`: the OpenAI-compatible HTTP server (FastAPI + uvicorn, started here)."""
+"""`ingot serve ENGINE`: the OpenAI-compatible and KServe v2 (Triton) HTTP server (FastAPI + uvicorn,
+started here), and with --grpc-port the KServe v2 gRPC service."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve an engine over an OpenAI-compatible HTTP API")
+    p = subparsers.add_parser("serve", help="serve an engine over OpenAI-compatible and KServe v2 (Triton) APIs")
     p.add_argument("engine", help="engine directory (or a checkpoint / preset, built into the cache first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve the KServe v2 / Triton GRPCInferenceService on PORT (same host, engine and "
+                        "event loop as HTTP)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1, tokenizer and /metrics routes (visible in ps: "
                         "prefer --api-key-file or the INGOT_API_KEY environment variable)")
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                  metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
-                 max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process)
+                 max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process,
+                 grpc_port=args.grpc_port)
 
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:

@@ -5,6 +5,7 @@
     POST /tokenize  /detokenize   GET /tokenizer_info   the served tokenizer (vLLM's routes; tokenize.py)
     GET  /health  /version  /metrics                liveness, versions, Prometheus text
     GET  /plan/...                                  the planner (ingot.plan.web), mounted
+    /v2/...                                         KServe v2 / Triton (kserve_http.py); gRPC: kserve_grpc.py
 
 One AsyncLLM (one engine core) serves every request. The Gate middleware answers 401 before a
 body is read; for generation it reads the whole body first (at most max_body_bytes, within
@@ -26,13 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 import ingot
-from ingot.serve import handlers
+from ingot.serve import handlers, kserve_http
 from ingot.serve.errors import APIError
 from ingot.serve.metrics import CONTENT_TYPE, ServerMetrics
 
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
 KNOWN_ROUTES = (*GENERATION_ROUTES, "/v1/models", *TOKENIZER_ROUTES, "/health", "/version", "/metrics")
+V2_GENERATION_SUFFIXES = ("/infer", "/generate", "/generate_stream")
 DEFAULT_MAX_BODY_BYTES = 8 << 20  # a prompt of ~2M tokens of text: past any engine's max_input_len
 BODY_READ_TIMEOUT_S = 30.0  # from the first byte of the request to the last byte of its body
 
@@ -80,26 +82,30 @@ class Gate:
         try:
             await self._route(scope, receive, send_and_record, path, status)
         finally:
-            route = path if path in KNOWN_ROUTES else "/plan" if path.startswith("/plan") else "other"
-            self.state.metrics.http_requests.inc(route=route, status=str(status[0]))
+            self.state.metrics.http_requests.labels(route=_route_label(path), status=str(status[0])).inc()
 
     async def _route(self, scope, receive, send, path: str, status: list[int]) -> None:
-        guarded = path.startswith("/v1/") or path in TOKENIZER_ROUTES or (
+        kserve = path.startswith("/v2/")
+
+        async def refuse(error: APIError) -> None:
+            answer = kserve_http.error_response(error.status, error.message) if kserve else error.response()
+            await answer(scope, receive, send)
+
+        guarded = path.startswith(("/v1/", "/v2/models/")) or path in TOKENIZER_ROUTES or (
             path == "/metrics" and not self.state.metrics_public)
         if guarded and not self._authorized(scope):
-            error = APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                             code="invalid_api_key")
-            return await error.response()(scope, receive, send)
-        if path not in GENERATION_ROUTES or scope["method"] != "POST":
+            return await refuse(APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                                         code="invalid_api_key"))
+        generation = path in GENERATION_ROUTES or (kserve and path.endswith(V2_GENERATION_SUFFIXES))
+        if not generation or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         if self.state.draining:
-            error = APIError(503, "the server is shutting down; send the request to another replica",
-                             type="server_error", code="shutting_down")
-            return await error.response()(scope, receive, send)
+            return await refuse(APIError(503, "the server is shutting down; send the request to another replica",
+                                         type="server_error", code="shutting_down"))
         try:
             body = await self._read_body(scope, receive)
         except APIError as error:
-            return await error.response()(scope, receive, send)
+            return await refuse(error)
         if body is None:  # the client went away mid-upload: nothing to answer, nothing to log as an error
             logger.info("client disconnected before sending its whole %s body", path)
             status[0] = 499
@@ -107,9 +113,8 @@ class Gate:
         receive = _replaying(body, receive)
         metrics, limit = self.state.metrics, self.state.max_queue
         if limit is not None and metrics.in_flight >= limit:
-            error = APIError(429, f"the server is at its limit of {limit} requests in flight (--max-queue); "
-                             "retry later", type="rate_limit_error", code="queue_full")
-            return await error.response()(scope, receive, send)
+            return await refuse(APIError(429, f"the server is at its limit of {limit} requests in flight "
+                                         "(--max-queue); retry later", type="rate_limit_error", code="queue_full"))
         metrics.in_flight += 1
         try:
             await self.app(scope, receive, send)
@@ -150,6 +155,19 @@ class Gate:
         return hmac.compare_digest(header, b"Bearer " + self.state.api_key.encode("utf-8"))
 
 
+def _route_label(path: str) -> str:
+    """A bounded set of labels: known routes as they are, v2 model routes without the model's name."""
+    if path in KNOWN_ROUTES:
+        return path
+    if path.startswith("/plan"):
+        return "/plan"
+    if path.startswith("/v2/models/"):
+        last = path.rsplit("/", 1)[-1]
+        return f"/v2/models/{last}" if last in ("infer", "generate", "generate_stream", "ready", "config") \
+            else "/v2/models"
+    return path if path in ("/v2", "/v2/health/live", "/v2/health/ready") else "other"
+
+
 def _replaying(body: bytes, receive):
     """An ASGI receive that hands the app the body read already, then the client's later messages
     (a disconnect while the answer streams)."""
@@ -172,6 +190,7 @@ def build_app(state: ServerState) -> FastAPI:
     _add_openai_routes(app, state)
     _add_tokenizer_routes(app, state)
     _add_service_routes(app, state)
+    kserve_http.add_routes(app, state)
     _mount_planner(app)
     app.add_middleware(Gate, state=state)
     return app
@@ -182,11 +201,15 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    if request.url.path.startswith("/v2"):
+        return kserve_http.error_response(500, f"internal error: {type(exc).__name__}: {exc}; see the server log")
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}; see the server log",
                     type="server_error").response()
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if request.url.path.startswith("/v2"):
+        return kserve_http.error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type=kind).response()
 

@@ -101,7 +101,7 @@ async def _one_job(llm, job: Job, base: int, request_id: str, metrics: ServerMet
         raise APIError(503, str(exc), type="server_error", code="engine_stopped") from exc
     finally:
         if unfinished:  # closed early: the client left or the server is stopping
-            metrics.finished.inc(len(unfinished), reason="abort")
+            metrics.finished.labels(reason="abort").inc(len(unfinished))
 
 
 def _observe(metrics: ServerMetrics, timing: _Timing, choice: int, sample: CompletionOutput) -> None:

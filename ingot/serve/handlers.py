@@ -45,7 +45,7 @@ async def completions(state, request: Request) -> Response:
         jobs = []
         for prompt in req.prompts():
             ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-            _check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
+            check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
             text = prompt if isinstance(prompt, str) else (
                 tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
             jobs.append(Job(ids, params, text))
@@ -78,7 +78,7 @@ async def chat_completions(state, request: Request) -> Response:
     # Without a limit the answer may use the rest of the context, as OpenAI's chat endpoint does.
     max_tokens = req.requested_max_tokens or max(build.max_seq_len - len(ids), 1)
     limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    _check_prompt(state, ids, max_tokens, "messages", limit_param)
+    check_prompt(state, ids, max_tokens, "messages", limit_param)
     forced = calling.structured() if calling is not None else None
     if forced is not None and structured_output(req) is not None:
         raise bad_request(f"tool_choice={req.tool_choice!r} forces the answer's shape; drop response_format "
@@ -103,7 +103,7 @@ def _params(state, req, max_tokens: int, logprobs: int | None, prompt_logprobs: 
     return params
 
 
-def _check_prompt(state, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:
+def check_prompt(state, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:
     if not ids:
         raise bad_request("the prompt is empty: give at least one token", prompt_param)
     vocab = state.llm.spec.model.vocab_size

@@ -1,4 +1,5 @@
-"""Start the server: load the engine once, then run uvicorn until SIGINT/SIGTERM.
+"""Start the server: load the engine once, then run uvicorn (and, with grpc_port, the KServe v2 gRPC
+service on the same event loop) until SIGINT/SIGTERM.
 
 The engine core runs in a process of its own (ingot/runtime/core_process.py; engine_in_process
 keeps it on a thread of this one). The engine is loaded before the port opens, so /health
@@ -15,6 +16,7 @@ reports why and stops the server the same way, and the process exits with status
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
@@ -28,7 +30,8 @@ DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced ca
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
           log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None,
-          max_body_bytes: int | None = None, metrics_public: bool = False, engine_in_process: bool = False) -> int:
+          max_body_bytes: int | None = None, metrics_public: bool = False, engine_in_process: bool = False,
+          grpc_port: int | None = None) -> int:
     import uvicorn
 
     from ingot.async_llm import AsyncLLM
@@ -43,18 +46,35 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
         app = build_app(state)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=shutdown_timeout + DRAIN_MARGIN_S)
-        print(f"ingot serve: {name!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        grpc_at = "" if grpc_port is None else f", gRPC (KServe v2) on {host}:{grpc_port}"
+        print(f"ingot serve: {name!r} on http://{host}:{port}/v1 and /v2{grpc_at} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
         # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a normal exit.
         signal.signal(signal.SIGTERM, _exit_normally)
         server = uvicorn.Server(config)
         failed = _watch(llm, server, state, shutdown_timeout)
-        server.run()
+        if grpc_port is None:
+            server.run()
+        else:
+            with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+                runner.run(_serve_with_grpc(server, state, host, grpc_port))
     except KeyboardInterrupt:
         pass
     finally:
         llm.shutdown()
     print("ingot serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed.is_set() else 0
+
+
+async def _serve_with_grpc(server, state, host: str, grpc_port: int) -> None:
+    """uvicorn and the gRPC service on one event loop; gRPC stops once uvicorn has drained."""
+    from ingot.serve import kserve_grpc
+
+    grpc_server = await kserve_grpc.start(state, host, grpc_port)
+    try:
+        await server.serve()
+    finally:
+        await grpc_server.stop(grace=1.0)
 
 
 def _watch(llm, server, state, shutdown_timeout: float) -> threading.Event:

@@ -13,7 +13,7 @@ import pytest
 from ingot.errors import EngineError
 from ingot.runtime.stats import EngineStats
 from ingot.serve.app import ServerState, build_app
-from ingot.serve.metrics import Histogram, ServerMetrics
+from ingot.serve.metrics import ServerMetrics
 
 
 class FailingLLM:
@@ -63,14 +63,18 @@ def test_engine_failure_mid_stream_is_an_error_event_then_done():
 
 
 def test_histogram_is_cumulative():
-    h = Histogram("ingot_x_seconds", "x", (0.1, 1.0))
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = ServerMetrics()
     for value in (0.05, 0.1, 0.5, 3.0):
-        h.observe(value)
-    lines = h.render()
-    assert 'ingot_x_seconds_bucket{le="0.1"} 2' in lines  # le is inclusive
-    assert 'ingot_x_seconds_bucket{le="1.0"} 3' in lines
-    assert 'ingot_x_seconds_bucket{le="+Inf"} 4' in lines
-    assert "ingot_x_seconds_count 4" in lines and "ingot_x_seconds_sum 3.65" in lines
+        m.e2e.observe(value)
+    families = {f.name: f for f in text_string_to_metric_families(m.render(EngineStats()))}
+    samples = {(s.name, s.labels.get("le")): s.value for s in families["ingot_e2e_request_latency_seconds"].samples}
+    assert samples[("ingot_e2e_request_latency_seconds_bucket", "0.1")] == 2  # le is inclusive
+    assert samples[("ingot_e2e_request_latency_seconds_bucket", "1.0")] == 3
+    assert samples[("ingot_e2e_request_latency_seconds_bucket", "+Inf")] == 4
+    assert samples[("ingot_e2e_request_latency_seconds_count", None)] == 4
+    assert samples[("ingot_e2e_request_latency_seconds_sum", None)] == pytest.approx(3.65)
 
 
 def test_sequence_metrics():
@@ -80,4 +84,27 @@ def test_sequence_metrics():
     text = m.render(EngineStats(running=2, kv_blocks_total=10, kv_blocks_used=5))
     assert "ingot_time_per_output_token_seconds_sum 0.1" in text
     assert 'ingot_request_finished_total{reason="abort"} 1.0' in text
-    assert "ingot_kv_cache_usage_ratio 0.5" in text and "ingot_num_requests_running 2" in text
+    assert "ingot_kv_cache_usage_ratio 0.5" in text and "ingot_num_requests_running 2.0" in text
+
+
+def test_triton_metrics_keep_tritons_names():
+    """Triton's counters are exposed without prometheus_client's `_total`, as Triton names them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = ServerMetrics()
+    for model in ("a", "b"):
+        m.inference_started(model, "1")
+    m.observe_inference("a", "1", batch=2, duration_s=0.5, first_response_s=0.1, failure_reason=None)
+    m.observe_inference("b", "1", batch=1, duration_s=0.25, first_response_s=None, failure_reason="REJECTED")
+    families = {f.name: f for f in text_string_to_metric_families(m.render(EngineStats()))}
+    assert families["nv_inference_request_success"].type == "counter"
+    # the parser files counter samples under name_total; the text itself has Triton's names
+    value = {(s.name.removesuffix("_total"), tuple(sorted(s.labels.items()))): s.value
+             for f in families.values() for s in f.samples}
+    a, b = (("model", "a"), ("version", "1")), (("model", "b"), ("version", "1"))
+    assert value[("nv_inference_request_success", a)] == 1 and value[("nv_inference_count", a)] == 2
+    assert value[("nv_inference_request_failure", (("model", "b"), ("reason", "REJECTED"), ("version", "1")))] == 1
+    assert ("nv_inference_request_success", b) not in value
+    assert value[("nv_inference_request_duration_us", a)] == pytest.approx(5e5)
+    assert value[("nv_inference_pending_request_count", a)] == 0
+    assert value[("nv_inference_first_response_histogram_ms_sum", a)] == pytest.approx(100)

@@ -203,7 +203,8 @@ def test_metrics_exposition(server, client):
     text = httpx.get(f"{server.url}/metrics").text
     sample = re.compile(r'^[a-z_:][a-z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [-+0-9.eInf]+$')
     for line in text.splitlines():
-        assert line.startswith("# HELP ingot_") or line.startswith("# TYPE ingot_") or sample.match(line), line
+        assert line.startswith(("# HELP ingot_", "# TYPE ingot_", "# HELP nv_", "# TYPE nv_")) or sample.match(line), \
+            line
     m = server.metrics()
     for name in ("ingot_num_requests_running", "ingot_num_requests_waiting", "ingot_kv_cache_usage_ratio",
                  "ingot_prefix_cache_hit_rate", "ingot_prompt_tokens_total", "ingot_generation_tokens_total",

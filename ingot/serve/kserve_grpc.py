@@ -1,0 +1,228 @@
+"""KServe v2 `GRPCInferenceService` (`ingot serve --grpc-port`), on the event loop that runs uvicorn.
+
+grpc.aio's server runs its handlers as coroutines of the loop it is started on; server.py starts it
+inside the same asyncio.run as uvicorn's Server.serve(), so gRPC and HTTP share the AsyncLLM, its
+streams (each is bound to the loop it was made on) and the metrics without locks.
+
+The messages and the service stub are the ones generated from Triton's published
+grpc_service.proto / model_config.proto that ship in `tritonclient.grpc` (service_pb2,
+service_pb2_grpc, model_config_pb2): the same generated code Triton's own clients use, so the wire
+format cannot drift, and no third-party .proto is copied into ingot.
+
+Served: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelConfig,
+ModelInfer and the decoupled, bidirectional ModelStreamInfer (with input `stream` true, one
+response per piece of new text, the last flagged `triton_final_response`; several requests on one
+stream run concurrently). Other RPCs answer UNIMPLEMENTED (grpc's default). Errors: INVALID_ARGUMENT
+for malformed tensors, NOT_FOUND for an unknown model, UNAVAILABLE while draining or when the engine
+stopped; on a stream, a failed request gets a response with error_message and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+from contextlib import aclosing
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from ingot.serve import kserve_model as model
+from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, from_binary, serialize_bytes
+
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                503: grpc.StatusCode.UNAVAILABLE}
+# datatype -> the InferTensorContents field that carries it (FP16 and BF16 only travel raw)
+CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+            "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+            "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+            "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+FINAL = "triton_final_response"
+EMPTY_FINAL = "triton_enable_empty_final_response"
+
+_ids = itertools.count()
+
+
+async def start(state, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Service(state), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    await server.start()
+    return server
+
+
+class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state) -> None:
+        self.state = state
+
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=model.ready(self.state))
+
+    async def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(**model.server_metadata())
+
+    async def ModelReady(self, request, context):
+        known = request.name == self.state.model_name and request.version in ("", model.VERSION)
+        return service_pb2.ModelReadyResponse(ready=known and model.ready(self.state))
+
+    async def ModelMetadata(self, request, context):
+        await self._check(context, request.name, request.version)
+        return json_format.ParseDict(model.model_metadata(self.state), service_pb2.ModelMetadataResponse())
+
+    async def ModelConfig(self, request, context):
+        await self._check(context, request.name, request.version)
+        config = json_format.ParseDict(model.model_config(self.state), model_config_pb2.ModelConfig())
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def ModelInfer(self, request, context):
+        await self._authorize(context)
+        try:
+            self._admit()
+        except KServeError as exc:
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        try:
+            responses = [r async for r in self._run(request, streaming=False)]
+        except KServeError as exc:
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        finally:
+            self.state.metrics.in_flight -= 1
+        return responses[-1]
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        await self._authorize(context)
+        queue: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def serve_one(request) -> None:
+            try:
+                self._admit()
+            except KServeError as exc:
+                return queue.put_nowait(service_pb2.ModelStreamInferResponse(error_message=exc.message))
+            try:
+                async with aclosing(self._run(request, streaming=True)) as responses:
+                    async for response in responses:
+                        queue.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
+            except KServeError as exc:
+                queue.put_nowait(service_pb2.ModelStreamInferResponse(error_message=exc.message))
+            finally:
+                self.state.metrics.in_flight -= 1
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(serve_one(request))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), queue.put_nowait(None)))
+            queue.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while not (reader.done() and not tasks and queue.empty()):
+                item = await queue.get()
+                if item is not None:
+                    yield item
+        finally:  # the client went away or cancelled: stop its requests (which aborts them in the engine)
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _run(self, request, streaming: bool):
+        """The responses of one infer request: one, or with `stream` one per piece of new text."""
+        model.check_model(self.state, request.model_name, request.model_version)
+        if self.state.draining:
+            raise KServeError(503, "the server is shutting down; send the request to another replica")
+        rows = model.rows_from_inputs(_inputs(request))
+        inference, error = model.Inference(self.state, len(rows)), None
+        request_id = f"grpc-{next(_ids)}"
+        empty_final = request.parameters[EMPTY_FINAL].bool_param if EMPTY_FINAL in request.parameters else False
+        try:
+            if streaming and rows[0].stream:
+                async with aclosing(model.stream_text(self.state, rows[0], request_id)) as deltas:
+                    async for delta, finished in deltas:
+                        inference.first_response()
+                        yield self._response(request, [delta], final=finished and not empty_final)
+                if empty_final:
+                    yield self._response(request, None, final=True)
+            else:
+                texts = await model.generate_texts(self.state, rows, request_id)
+                inference.first_response()
+                yield self._response(request, texts, final=True)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            inference.done(error)
+
+    def _response(self, request, texts: list[str] | None, final: bool):
+        response = service_pb2.ModelInferResponse(model_name=self.state.model_name, model_version=model.VERSION,
+                                                  id=request.id)
+        response.parameters[FINAL].bool_param = final
+        if texts is not None:
+            wanted = [o.name for o in request.outputs] or ["text_output"]
+            for name in wanted:
+                if name != "text_output":
+                    raise bad(f"unknown output '{name}': this model's outputs are ['text_output']")
+                response.outputs.add(name=name, datatype="BYTES", shape=[len(texts), 1])
+                response.raw_output_contents.append(serialize_bytes([t.encode("utf-8") for t in texts]))
+        return response
+
+    def _admit(self) -> None:
+        """Count the request in flight, or refuse it at --max-queue (as the HTTP Gate does)."""
+        metrics, limit = self.state.metrics, self.state.max_queue
+        if limit is not None and metrics.in_flight >= limit:
+            raise KServeError(429, f"the server is at its limit of {limit} requests in flight (--max-queue)")
+        metrics.in_flight += 1
+
+    async def _check(self, context, name: str, version: str) -> None:
+        await self._authorize(context)
+        try:
+            model.check_model(self.state, name, version)
+        except KServeError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
+
+    async def _authorize(self, context) -> None:
+        key = self.state.api_key
+        if key is None:
+            return
+        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(sent.encode("utf-8"), f"Bearer {key}".encode("utf-8")):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong API key: send the metadata 'authorization: Bearer KEY'")
+
+
+def _inputs(request) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise bad(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: give one per input, or none")
+    inputs = {}
+    for i, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if datatype not in DTYPES:
+            raise bad(f"input '{name}': datatype {datatype!r} is not one of {sorted(DTYPES)}")
+        if any(d < 0 for d in shape):
+            raise bad(f"input '{name}': shape {shape} has a negative dimension")
+        count = int(np.prod(shape)) if shape else 1
+        if name in inputs:
+            raise bad(f"input '{name}' is given twice")
+        inputs[name] = from_binary(name, datatype, shape, count, raw[i]) if raw else _from_contents(
+            name, datatype, shape, count, tensor.contents)
+    return inputs
+
+
+def _from_contents(name: str, datatype: str, shape: list[int], count: int, contents) -> np.ndarray:
+    if datatype not in CONTENTS:
+        raise bad(f"input '{name}': {datatype} travels only in raw_input_contents")
+    values = list(getattr(contents, CONTENTS[datatype]))
+    if len(values) != count:
+        raise bad(f"input '{name}': shape {shape} needs {count} elements, contents has {len(values)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    return np.array(values, dtype=DTYPES[datatype]).reshape(shape)
