@@ -69,6 +69,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerMetadataResponse(**model.server_metadata())
 
     async def ModelReady(self, request, context):
+        await self._authorize(context)
         known = request.name == self.state.model_name and request.version in ("", model.VERSION)
         return service_pb2.ModelReadyResponse(ready=known and model.ready(self.state))
 

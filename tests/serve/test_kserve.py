@@ -139,6 +139,17 @@ def test_http_errors_follow_the_protocol_and_the_server_stays_up(v2_server, http
     assert _text(http_client.infer(MODEL, _inputs(tritonclient_http, "Still up?", 3)))  # still serving
 
 
+def test_api_key_guards_v2_models(guarded_server):
+    from tests.serve.conftest import API_KEY
+
+    body = {"text_input": "Hi", "max_tokens": 2}
+    url = f"{guarded_server.url}/v2/models/{MODEL}/generate"
+    refused = httpx.post(url, json=body)
+    assert refused.status_code == 401 and set(refused.json()) == {"error"}
+    assert httpx.get(f"{guarded_server.url}/v2/health/ready").status_code == 200
+    assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
 def test_grpc_health_metadata_infer_and_stream(v2_server, grpc_client):
     assert grpc_client.is_server_live() and grpc_client.is_server_ready() and grpc_client.is_model_ready(MODEL)
     assert not grpc_client.is_model_ready("nope")
