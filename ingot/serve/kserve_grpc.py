@@ -154,7 +154,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
                 texts = await model.generate_texts(self.state, rows, request_id)
                 inference.first_response()
                 yield self._response(request, texts, final=True)
-        except Exception as exc:
+        except BaseException as exc:
             error = exc
             raise
         finally:

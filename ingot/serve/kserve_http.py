@@ -99,7 +99,7 @@ async def _infer(state, request: Request) -> Response:
                   **({"id": infer.id} if infer.id else {})}
         body, header_length = encode_response(header, outputs, infer.outputs,
                                               bool(infer.parameters.get("binary_data_output", False)))
-    except Exception as exc:
+    except BaseException as exc:
         error = exc
         raise
     finally:
@@ -131,7 +131,7 @@ async def _generate(state, request: Request) -> Response:
     try:
         texts = await model.generate_texts(state, rows, f"v2-{next(_ids)}")
         inference.first_response()
-    except Exception as exc:
+    except BaseException as exc:
         error = exc
         raise
     finally:
@@ -161,6 +161,9 @@ async def _events(state, row: model.Row):
     except KServeError as exc:  # the status line is sent already: the error becomes an event
         error = exc
         yield _sse({"error": exc.message})
+    except BaseException as exc:  # the client went away (GeneratorExit) or the server is stopping
+        error = exc
+        raise
     finally:
         inference.done(error)
 

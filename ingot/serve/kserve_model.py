@@ -18,6 +18,7 @@ What ingot cannot honour is refused with a 400 naming the input: non-empty bad_w
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import time
 from collections.abc import AsyncIterator
@@ -239,8 +240,6 @@ async def stream_text(state, row: Row, request_id: str) -> AsyncIterator[tuple[s
 
 async def generate_texts(state, rows: list[Row], request_id: str) -> list[str]:
     """Every row's whole answer, the rows run concurrently."""
-    import asyncio
-
     async def one(i: int, row: Row) -> str:
         parts = []
         async with aclosing(stream_text(state, row, f"{request_id}-{i}")) as deltas:
@@ -263,8 +262,14 @@ class Inference:
         if self.first is None:
             self.first = time.perf_counter()
 
-    def done(self, error: Exception | None) -> None:
-        reason = None if error is None else ("REJECTED" if getattr(error, "status", 500) < 500 else "BACKEND")
+    def done(self, error: BaseException | None) -> None:
+        """Record the outcome; Triton's failure reasons: REJECTED (4xx), CANCELED (the client left), BACKEND."""
+        if error is None:
+            reason = None
+        elif isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+            reason = "CANCELED"
+        else:
+            reason = "REJECTED" if getattr(error, "status", 500) < 500 else "BACKEND"
         first = None if self.first is None else self.first - self.start
         self.metrics.observe_inference(self.model, VERSION, self.batch, time.perf_counter() - self.start,
                                        first, reason)

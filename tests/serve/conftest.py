@@ -128,9 +128,12 @@ def server(serve_engine, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def guarded_server(serve_engine, tmp_path_factory):
-    """With --api-key, a queue of 2 and bodies of at most 64 KiB."""
+    """With --api-key, a queue of 2, bodies of at most 64 KiB, and gRPC (KServe v2) at srv.grpc_url."""
+    grpc_port = free_port()
     srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "guarded.log",
-                       "--api-key", API_KEY, "--max-queue", "2", "--max-body-bytes", "65536")
+                       "--api-key", API_KEY, "--max-queue", "2", "--max-body-bytes", "65536",
+                       "--grpc-port", str(grpc_port))
+    srv.grpc_url = f"127.0.0.1:{grpc_port}"
     yield srv
     assert srv.stop(signal.SIGINT) == 0, srv.log.read_text()
 

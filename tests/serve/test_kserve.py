@@ -139,7 +139,7 @@ def test_http_errors_follow_the_protocol_and_the_server_stays_up(v2_server, http
     assert _text(http_client.infer(MODEL, _inputs(tritonclient_http, "Still up?", 3)))  # still serving
 
 
-def test_api_key_guards_v2_models(guarded_server):
+def test_api_key_guards_v2_models_over_http_and_grpc(guarded_server):
     from tests.serve.conftest import API_KEY
 
     body = {"text_input": "Hi", "max_tokens": 2}
@@ -148,6 +148,15 @@ def test_api_key_guards_v2_models(guarded_server):
     assert refused.status_code == 401 and set(refused.json()) == {"error"}
     assert httpx.get(f"{guarded_server.url}/v2/health/ready").status_code == 200
     assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    client = tritonclient_grpc.InferenceServerClient(guarded_server.grpc_url)
+    assert client.is_server_live() and client.is_server_ready()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, _inputs(tritonclient_grpc, "Hi", 2))
+    assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException):
+        client.get_model_metadata(MODEL, headers={"authorization": "Bearer wrong"})
+    answer = client.infer(MODEL, _inputs(tritonclient_grpc, "Hi", 2), headers={"authorization": f"Bearer {API_KEY}"})
+    assert answer.as_numpy("text_output").shape == (1, 1)
 
 
 def test_grpc_health_metadata_infer_and_stream(v2_server, grpc_client):
