@@ -15,6 +15,7 @@ _VERB_MODULES = (
     "ingot.commands.inspect",
     "ingot.commands.bench",
     "ingot.commands.serve",
+    "ingot.commands.profiles",
     "ingot.commands.eval",
     "ingot.plan.cli",
 )

@@ -8,6 +8,7 @@ looks like an engine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import time
 import uuid
@@ -30,6 +31,9 @@ from ingot.integrity import file_checksum
 from ingot.models import check_architecture, create_model
 from ingot.parallel.mapping import ParallelMapping
 from ingot.quantization import make_scheme
+
+# Stage lines at INFO: `ingot serve CHECKPOINT` shows them while it builds.
+logger = logging.getLogger("ingot.build")
 
 LOAD_FORMATS = ("auto", "dummy")
 
@@ -60,6 +64,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     if tokenizer is not None and load_format != "dummy":
         raise ConfigError(f"--tokenizer is for --load-format dummy builds; {model} is a checkpoint, which brings "
                           "its own tokenizer (the engine's ids must be the weights' ids): drop --tokenizer")
+    logger.info("build %s: reading the checkpoint", model)
     checkpoint = None if load_format == "dummy" else load_checkpoint(model)
     hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
     tokenizer_files = _tokenizer_files(checkpoint, tokenizer, hf_config)
@@ -87,12 +92,14 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
         if spec.tokenizer_source:
             check_tokenizer_fits(staging, model_config.vocab_size, str(tokenizer))
         scheme = make_scheme(spec.quant)
+        logger.info("build %s: writing %s weights (%s, %d rank(s))", model, dtype, quant.method, spec.world_size)
         context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
         stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
                                            _rank_models(spec)))
         if context is not None:  # engine.json records what the scales were calibrated on
             spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
                 **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
+        logger.info("build %s: tuning kernel tactics for %s", model, target.describe())
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp,
                                                scheme.group_size if quant.method.startswith("int4") else None)
         checksums = {f.name: file_checksum(f) for f in sorted(staging.glob("rank*.safetensors"))}
@@ -100,6 +107,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
                                    build_seconds=time.perf_counter() - started)
         write_spec(staging, spec)  # last: engine.json marks a complete engine
         _move_into_place(staging, output_dir)
+        logger.info("build %s: done in %.1f s", model, spec.build_seconds)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return spec

@@ -79,19 +79,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ingot.builder.build import build_engine
+def build_options(args: argparse.Namespace) -> dict:
+    """build_engine's keyword arguments (all but model and output_dir) from parsed `ingot build` flags;
+    `ingot serve CHECKPOINT` reads a profile's flags through the same parser and this function."""
     from ingot.config import ParallelConfig, QuantConfig, SpeculativeConfig
 
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers)
-    quant = QuantConfig(args.quant, _quant_params(args))
     config = BuildConfig(dtype=args.dtype, max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                          max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
                          tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
+    return {"build_config": config, "device": args.device, "load_format": args.load_format,
+            "parallel": ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers),
+            "quant": QuantConfig(args.quant, _quant_params(args)),
+            "speculative": SpeculativeConfig(args.speculative, args.max_draft_len), "tokenizer": args.tokenizer}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingot.builder.build import build_engine
+
     started = time.perf_counter()
-    speculative = SpeculativeConfig(args.speculative, args.max_draft_len)
-    spec = build_engine(args.model, args.output, config, device=args.device, load_format=args.load_format,
-                        parallel=parallel, quant=quant, speculative=speculative, tokenizer=args.tokenizer)
+    options = build_options(args)
+    spec = build_engine(args.model, args.output, **options)
+    parallel = options["parallel"]
     ranks = f", {spec.world_size} ranks (tp {parallel.tp}, pp {parallel.pp})" if spec.world_size > 1 else ""
     print(f"built {args.output} from {args.model}: {spec.model.architecture}, {spec.dtype}, "
           f"{spec.target.describe()}{ranks}, in {time.perf_counter() - started:.1f} s")

@@ -1,5 +1,9 @@
 """`ingot serve ENGINE`: the OpenAI-compatible and KServe v2 (Triton) HTTP server (FastAPI + uvicorn,
-started here), and with --grpc-port the KServe v2 gRPC service."""
+started here), and with --grpc-port the KServe v2 gRPC service.
+
+`ingot serve CHECKPOINT_OR_PRESET` first picks a build profile for this machine and builds it once
+into the cache (ingot/deploy/); the server starts listening only once that engine is loaded, so
+/health and /v2/health/ready never answer while it builds (the build's progress is in the log)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve an engine over OpenAI-compatible and KServe v2 (Triton) APIs")
-    p.add_argument("engine", help="engine directory (or a checkpoint / preset, built into the cache first)")
+    p.add_argument("engine", help="engine directory, or a checkpoint folder / .gguf / preset: built once for this "
+                                  "machine into the cache (the profile `ingot profiles MODEL` marks), then reused")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="with a checkpoint or preset: build this profile (one `ingot profiles MODEL` lists) "
+                        "instead of the one chosen for this machine")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
@@ -41,7 +49,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingot.commands.common import engine_or_build
     from ingot.errors import ConfigError
     from ingot.serve.server import serve
 
@@ -54,12 +61,30 @@ def run(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None and args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be >= 1024")
     api_key = resolve_api_key(args.api_key, args.api_key_file)
-    return serve(engine_or_build(args.engine, args.device), host=args.host, port=args.port, api_key=api_key,
+    return serve(_engine_dir(args.engine, args.device, args.profile), host=args.host, port=args.port, api_key=api_key,
                  metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
                  max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process,
                  grpc_port=args.grpc_port)
+
+
+def _engine_dir(model: str, device: str | None, profile: str | None):
+    """An engine directory as given; else the cached engine of MODEL's profile for this machine."""
+    from pathlib import Path
+
+    from ingot.engine_format import ENGINE_JSON
+    from ingot.errors import ConfigError
+
+    if (Path(model) / ENGINE_JSON).is_file():
+        if profile is not None:
+            raise ConfigError(f"--profile is for a checkpoint or preset; {model} is a built engine already")
+        from ingot.commands.common import engine_or_build
+
+        return engine_or_build(model, device)
+    from ingot.deploy import deploy
+
+    return deploy(model, device, profile)
 
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:

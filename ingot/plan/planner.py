@@ -148,12 +148,13 @@ def _fit_reason(shape: ModelShape, gpu: GPU, env: Envelope, peers: list[Row], we
     return reason
 
 
-def make_plan(model: str, gpu: str, precision: str | None = None, kv_cache_dtype: str | None = None,
+def make_plan(model: str | ModelShape, gpu: str, precision: str | None = None, kv_cache_dtype: str | None = None,
               isl: int = DEFAULT_ISL, osl: int = DEFAULT_OSL, concurrency: int = DEFAULT_CONCURRENCY,
               num_gpus: int | None = None, search_dirs: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The whole plan as a JSON-ready dict. Raises ConfigError naming the bad input and the choices."""
+    """The whole plan as a JSON-ready dict. Raises ConfigError naming the bad input and the choices.
+    model is what --model takes, or a ModelShape read already (`ingot serve` reads a .gguf or preset)."""
     card = resolve_gpu(gpu)
-    shape, engine_build = resolve_model(model, search_dirs)
+    shape, engine_build = (model, {}) if isinstance(model, ModelShape) else resolve_model(model, search_dirs)
     prec = resolve_precision(precision or engine_build.get("quant") or _engine_dtype(engine_build))
     env = Envelope(_positive("--isl", isl), _positive("--osl", osl), _positive("--batch/--concurrency", concurrency))
     if num_gpus is not None:
