@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--metrics-public", action="store_true",
                    help="serve /metrics without the API key (it shows traffic and KV-cache use)")
     p.add_argument("--served-model-name", default=None,
-                   help="the model name clients send (default: the engine directory's name)")
+                   help="the model name clients send (default: the engine directory's name; for a checkpoint "
+                        "or preset, its folder, file or preset name)")
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
                    help="answer 429 at once while N generation requests are in flight (default: no limit)")
     p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="S",
@@ -61,16 +62,18 @@ def run(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None and args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be >= 1024")
     api_key = resolve_api_key(args.api_key, args.api_key_file)
-    return serve(_engine_dir(args.engine, args.device, args.profile), host=args.host, port=args.port, api_key=api_key,
+    engine_dir, default_name = _engine_dir(args.engine, args.device, args.profile)
+    return serve(engine_dir, host=args.host, port=args.port, api_key=api_key,
                  metrics_public=args.metrics_public,
-                 served_model_name=args.served_model_name, max_queue=args.max_queue, device=args.device,
+                 served_model_name=args.served_model_name or default_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
                  max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process,
                  grpc_port=args.grpc_port)
 
 
 def _engine_dir(model: str, device: str | None, profile: str | None):
-    """An engine directory as given; else the cached engine of MODEL's profile for this machine."""
+    """(engine directory, default served model name): an engine as given, named by serve as its folder;
+    else the cached engine of MODEL's profile for this machine, named as MODEL's folder, file or preset."""
     from pathlib import Path
 
     from ingot.engine_format import ENGINE_JSON
@@ -81,10 +84,11 @@ def _engine_dir(model: str, device: str | None, profile: str | None):
             raise ConfigError(f"--profile is for a checkpoint or preset; {model} is a built engine already")
         from ingot.commands.common import engine_or_build
 
-        return engine_or_build(model, device)
+        return engine_or_build(model, device), None
     from ingot.deploy import deploy
 
-    return deploy(model, device, profile)
+    path = Path(model)
+    return deploy(model, device, profile), (path.stem if path.suffix == ".gguf" else path.name) or model
 
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:

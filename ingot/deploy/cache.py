@@ -4,6 +4,8 @@ The key is (checkpoint fingerprint, device, profile flags, ingot version), hashe
 in $INGOT_CACHE_DIR/deploy/MODEL-PROFILE-HASH. Completeness needs no marker of its own: the
 builder assembles an engine in a hidden directory and renames it into place after engine.json is
 written (ingot/builder/build.py), so an interrupted build leaves no engine.json at the key's path.
+Two starts of the same key at once build it once: the second waits on the first's lock file
+(flock, released by the kernel if the builder dies) and then finds the engine.
 
 Checkpoint fingerprint:
 - a folder: every file of at most FULL_HASH_LIMIT bytes (config.json, tokenizer and generation
@@ -17,10 +19,13 @@ Checkpoint fingerprint:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ingot import envs
@@ -55,17 +60,34 @@ def deployed_engine(model: str, machine, profile: Profile) -> Path:
     key = cache_key(model, machine, profile)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     engine_dir = envs.cache_dir() / "deploy" / f"{_slug(model)}-{profile.name}-{digest}"
-    if (engine_dir / ENGINE_JSON).is_file():
-        logger.info("reusing cached engine %s (key %s: ingot %s, %s, profile %s), found in %.2f s", engine_dir,
-                    digest, key["ingot"], key["device"], profile.name, time.perf_counter() - started)
-        return engine_dir
-    logger.info("building %s for %s, profile %s, into %s (key %s); later starts reuse it", model, machine.key,
-                profile.name, engine_dir, digest)
-    _build(model, engine_dir, machine, profile)
-    # Beside the engine, for a person looking into the cache: what the hash was made of.
-    engine_dir.with_name(engine_dir.name + ".key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-    logger.info("built cached engine %s (key %s) in %.1f s", engine_dir, digest, time.perf_counter() - started)
+    if not (engine_dir / ENGINE_JSON).is_file():
+        with _exclusive(engine_dir):
+            if not (engine_dir / ENGINE_JSON).is_file():  # else another start built it while this one waited
+                logger.info("building %s for %s, profile %s, into %s (key %s); later starts reuse it", model,
+                            machine.key, profile.name, engine_dir, digest)
+                _build(model, engine_dir, machine, profile)
+                # Beside the engine, for a person looking into the cache: what the hash was made of.
+                engine_dir.with_name(engine_dir.name + ".key.json").write_text(
+                    json.dumps(key, indent=1, sort_keys=True))
+                logger.info("built cached engine %s (key %s) in %.3f s", engine_dir, digest,
+                            time.perf_counter() - started)
+                return engine_dir
+    logger.info("reusing cached engine %s (key %s: ingot %s, %s, profile %s), found in %.3f s", engine_dir,
+                digest, key["ingot"], key["device"], profile.name, time.perf_counter() - started)
     return engine_dir
+
+
+@contextlib.contextmanager
+def _exclusive(engine_dir: Path) -> Iterator[None]:
+    """Hold ENGINE_DIR.lock while building; a start that finds it held says so and waits."""
+    engine_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(engine_dir.with_name(engine_dir.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another start is building %s; waiting for it", engine_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _build(model: str, engine_dir: Path, machine, profile: Profile) -> None:
@@ -74,7 +96,6 @@ def _build(model: str, engine_dir: Path, machine, profile: Profile) -> None:
 
     options = build_options(parse_flags(profile.flags))
     options["device"] = machine.device
-    engine_dir.parent.mkdir(parents=True, exist_ok=True)
     build_engine(model, engine_dir, **options)
 
 

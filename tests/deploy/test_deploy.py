@@ -122,3 +122,27 @@ def test_gpu_profiles_follow_the_planner_on_the_gpus_present():
         choose_profile(alone)
     a100 = Machine("cuda", "NVIDIA A100-SXM4-80GB", 1, "8.0", 85_000_000_000, "cuda")
     assert candidate_profiles(PRESETS["llama-3.1-8b"], a100)[0].name == "bf16-tp1pp1-b64-i2048-s2560"
+
+
+def test_two_starts_at_once_build_once(checkpoint, tmp_path, monkeypatch, caplog):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("INGOT_CACHE_DIR", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO, logger="ingot")
+    profile = candidate_profiles(model_shape(str(checkpoint)), CPU)[1]
+    with ThreadPoolExecutor(2) as pool:
+        engines = list(pool.map(lambda _: deployed_engine(str(checkpoint), CPU, profile), range(2)))
+    assert engines[0] == engines[1] and (engines[0] / ENGINE_JSON).is_file()
+    assert caplog.text.count("later starts reuse it") == 1  # one build
+    assert "another start is building" in caplog.text and caplog.text.count("reusing cached engine") == 1
+
+
+def test_serve_names_a_checkpoint_engine_after_the_checkpoint(checkpoint, tmp_path, monkeypatch):
+    from ingot.commands.serve import _engine_dir
+
+    monkeypatch.setenv("INGOT_CACHE_DIR", str(tmp_path / "cache"))
+    engine, name = _engine_dir(str(checkpoint), "cpu", "fp32-tp1pp1-b4-i342-s512")
+    assert name == "tiny" and engine.parent == tmp_path / "cache" / "deploy"
+    assert _engine_dir(str(engine), "cpu", None) == (engine, None)  # an engine: serve names it by its folder
+    with pytest.raises(ConfigError, match="--profile is for a checkpoint or preset"):
+        _engine_dir(str(engine), "cpu", "fp32-tp1pp1-b4-i342-s512")
