@@ -86,9 +86,13 @@ def _engine_dir(model: str, device: str | None, profile: str | None):
 
         return engine_or_build(model, device), None
     from ingot.deploy import deploy
+    from ingot.parallel.launch import become_worker_if_launched
 
+    # Under torchrun every rank gets here: one builds (the cache's lock), the others wait and reuse.
+    engine = deploy(model, device, profile)
+    become_worker_if_launched(engine, device)
     path = Path(model)
-    return deploy(model, device, profile), (path.stem if path.suffix == ".gguf" else path.name) or model
+    return engine, (path.stem if path.suffix == ".gguf" else path.name) or model
 
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:
