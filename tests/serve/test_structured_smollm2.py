@@ -45,7 +45,9 @@ def _schema_answer(client, index: int, name: str, schema: dict) -> tuple[str, st
 
 def test_twenty_schemas_greedy_and_sampled_streamed_and_not(smol_server):
     client = smol_server.client()
-    jobs = [(2 * i + k, name, schema) for i, (name, schema, _) in enumerate(SCHEMAS) for k in (0, 1)]
+    # schema i: greedy when i is even, sampled when odd; streamed when i % 4 >= 2 — each of the four
+    # combinations covers five schemas (one request per schema keeps CI time in bounds)
+    jobs = [(i, name, schema) for i, (name, schema, _) in enumerate(SCHEMAS)]
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda job: _schema_answer(client, *job), jobs))
     for (_, name, schema), (text, finish) in zip(jobs, answers):
