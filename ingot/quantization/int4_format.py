@@ -44,7 +44,7 @@ def unpack(qweight: torch.Tensor, in_features: int) -> torch.Tensor:
     return values.reshape(qweight.shape[0], -1)[:, :in_features].to(torch.uint8)
 
 
-def _per_group(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def per_group(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """(N, ng) -> (N, ng * G): each group's value repeated over its columns."""
     return x.repeat_interleave(group_size, dim=1)
 
@@ -53,8 +53,8 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                group_size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The (N, K) weight the stored tensors stand for, in `dtype` (default: the scales')."""
     q = unpack(qweight, in_features).float()
-    s = _per_group(scales.float(), group_size)[:, :in_features]
-    z = _per_group(zeros.float(), group_size)[:, :in_features]
+    s = per_group(scales.float(), group_size)[:, :in_features]
+    z = per_group(zeros.float(), group_size)[:, :in_features]
     return ((q - z) * s).to(dtype or scales.dtype)
 
 
@@ -80,8 +80,8 @@ def scales_and_zeros(low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype) 
 def quantize_values(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     """(N, K) float -> (N, K) uint8 codes on the given per-group grid."""
     k = w.shape[1]
-    s = _per_group(scales.float(), group_size)[:, :k]
-    z = _per_group(zeros.float(), group_size)[:, :k]
+    s = per_group(scales.float(), group_size)[:, :k]
+    z = per_group(zeros.float(), group_size)[:, :k]
     return torch.clamp(torch.round(w.float() / s) + z, 0, QMAX).to(torch.uint8)
 
 

@@ -183,15 +183,11 @@ def test_smollm2_config(smollm2):
 
 
 @pytest.mark.slow
-def test_smollm2_weights_match_transformers(smollm2, smollm2_dir):
-    pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF")
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    # Handing transformers our config saves it a second ~10 s parse of the file; the head counts it
-    # un-permutes q/k with are the ones test_smollm2_config pins to the real values.
-    config = LlamaConfig(**smollm2.hf_config)
-    assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, gguf_file="model.gguf", config=config)
+def test_smollm2_weights_match_transformers(smollm2, smollm2_transformers):
+    """transformers' own GGUF reader (the session's model, shared with the other real-model tests)
+    dequantizes to exactly the tensors ingot reads."""
+    model, _ = smollm2_transformers
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
     reference = model.state_dict()
     ours = dict(smollm2.tensors())
     assert sorted(ours) == sorted(set(reference) - {"lm_head.weight"})  # tied: no lm_head in the file

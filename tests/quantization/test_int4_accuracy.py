@@ -20,7 +20,7 @@ def test_awq_and_gptq_beat_round_to_nearest_on_smollm2(smollm2_engine, tmp_path)
     text = hamlet_path().read_text(encoding="utf-8")
     calib = tmp_path / "calib.md"
     calib.write_text(text[:60_000], encoding="utf-8")
-    held_out = text[150_000:162_000]
+    held_out = text[150_000:156_000]
     table = {"none": _perplexity(smollm2_engine, held_out)}
     for method in ("int4_rtn", "int4_awq", "int4_gptq"):
         params = {"group_size": 128, "calib_data": str(calib), "calib_size": 8, "calib_seq_len": 256}

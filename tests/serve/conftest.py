@@ -120,8 +120,11 @@ def reference(serve_engine):
 
 @pytest.fixture(scope="session")
 def server(serve_engine, tmp_path_factory):
-    """The shared server: no API key, no queue limit."""
-    srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "server.log")
+    """The shared server: no API key, no queue limit; gRPC (KServe v2) at srv.grpc_url. Every module
+    that needs no special flags uses this one: each start costs seconds of CI's two cores."""
+    grpc_port = free_port()
+    srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "server.log", "--grpc-port", str(grpc_port))
+    srv.grpc_url = f"127.0.0.1:{grpc_port}"
     yield srv
     assert srv.stop(signal.SIGTERM) == 0, srv.log.read_text()
 

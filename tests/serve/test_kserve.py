@@ -1,18 +1,15 @@
-"""KServe v2 / Triton over HTTP and gRPC, through the official tritonclient, against one `ingot serve
+"""KServe v2 / Triton over HTTP and gRPC, through the official tritonclient, against the session's shared `ingot serve
 --grpc-port` subprocess of the tiny engine (and one HTTP check on the real SmolLM2)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import threading
 
 import httpx
 import numpy as np
 import pytest
-
-from tests.serve.conftest import free_port, start_server
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -22,12 +19,9 @@ MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def v2_server(serve_engine, tmp_path_factory):
-    grpc_port = free_port()
-    srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "kserve.log", "--grpc-port", str(grpc_port))
-    srv.grpc_url = f"127.0.0.1:{grpc_port}"
-    yield srv
-    assert srv.stop(signal.SIGTERM) == 0, srv.log.read_text()
+def v2_server(server):
+    """The session's shared server (it listens for gRPC too)."""
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,17 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 @pytest.fixture(scope="module", params=["tp1", "tp2"])
-def server(request, serve_engine, serve_engine_tp2, tmp_path_factory):
-    """The server of this module: one rank, then the same model over two tensor-parallel ranks."""
+def server(request, server, serve_engine_tp2, tmp_path_factory):
+    """The server of this module: the session's one-rank server, then the same model over two
+    tensor-parallel ranks."""
     import signal
 
     from tests.serve.conftest import start_server
 
-    engine = serve_engine if request.param == "tp1" else serve_engine_tp2
-    srv = start_server(engine, tmp_path_factory.mktemp("logs") / f"api-{request.param}.log")
+    if request.param == "tp1":
+        yield server
+        return
+    srv = start_server(serve_engine_tp2, tmp_path_factory.mktemp("logs") / "api-tp2.log")
     yield srv
     assert srv.stop(signal.SIGTERM) == 0, srv.log.read_text()
 
