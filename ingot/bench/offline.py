@@ -52,10 +52,21 @@ def register(sub) -> None:
             p.add_argument("--num-requests", type=int, default=256)
             p.add_argument("--random-lengths", action="store_true",
                            help="draw each request's lengths uniformly from [len/2, len*3/2]")
+            p.add_argument("--profile-dir", default=None, metavar="DIR",
+                           help="torch-profile a window of steps: DIR/kernels.txt, kernels.json, trace.json")
+            p.add_argument("--profile-steps", default=(60, 6), type=_step_window, metavar="START:COUNT",
+                           help="the steps --profile-dir profiles (default 60:6: after the first prompts' prefill)")
         else:
             p.add_argument("--batch-size", type=int, default=1)
             p.add_argument("--repeats", type=int, default=3)
         p.set_defaults(func=func)
+
+
+def _step_window(text: str) -> tuple[int, int]:
+    start, _, count = text.partition(":")
+    if not (start.isdigit() and count.isdigit() and int(count) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give START:COUNT, two whole numbers with COUNT > 0 (e.g. 60:6)")
+    return int(start), int(count)
 
 
 @dataclass
@@ -114,6 +125,7 @@ def start_record(args, benchmark: str) -> dict:
 
 def run_throughput(args: argparse.Namespace) -> int:
     from ingot.bench.record import add_compute_ceiling
+    from ingot.bench.step_profile import StepRecorder
     from ingot.sampling_params import SamplingParams
 
     result = start_record(args, "throughput")
@@ -126,8 +138,9 @@ def run_throughput(args: argparse.Namespace) -> int:
     for prompt, osl in zip(work.prompts, work.output_lens):
         engine.add_request(prompt, SamplingParams(max_tokens=osl, temperature=0.0, ignore_eos=True))
     peak_running = 0
+    recorder = StepRecorder(engine, args.profile_dir, *args.profile_steps)
     while engine.has_unfinished_requests():
-        engine.step()
+        recorder.step()
         peak_running = max(peak_running, engine.stats.running)
     elapsed = time.perf_counter() - started
     output_tokens, input_tokens = sum(work.output_lens), sum(map(len, work.prompts))
@@ -137,7 +150,7 @@ def run_throughput(args: argparse.Namespace) -> int:
         "request_per_s": round(args.num_requests / elapsed, 3),
         "output_tok_s": round(output_tokens / elapsed, 2), "input_tok_s": round(input_tokens / elapsed, 2),
         "total_tok_s": round((input_tokens + output_tokens) / elapsed, 2),
-        "peak_running": peak_running, **_counters(engine, since=before),
+        "peak_running": peak_running, **_counters(engine, since=before), "steps_timeline": recorder.finish(),
     })
     add_compute_ceiling(result, engine.spec, [(len(p), o) for p, o in zip(work.prompts, work.output_lens)])
     return _report(result, args.json)

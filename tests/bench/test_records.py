@@ -85,9 +85,19 @@ def test_latency_record_has_every_field_and_its_ratio_recomputes(latency_record)
 
 def test_throughput_record_has_every_field_and_its_ratio_recomputes(tiny_engine, tmp_path):
     out = tmp_path / "throughput.json"
+    profile = tmp_path / "profile"
     assert main(["bench", "throughput", str(tiny_engine), "--isl", "10", "--osl", "5", "--num-requests", "12",
-                 "--random-lengths", "--json", str(out), "--device", "cpu"]) == 0
+                 "--random-lengths", "--json", str(out), "--device", "cpu", "--profile-dir", str(profile),
+                 "--profile-steps", "2:3"]) == 0
     record = json.loads(out.read_text())
+    timeline = record["steps_timeline"]
+    assert timeline["decode_steps"] + timeline["prompt_steps"] == record["steps"]
+    assert timeline["prompt_steps"] >= 1 and timeline["decode_steps"] >= 1
+    assert sum(b["steps"] for b in timeline["decode_ms_per_step_by_batch"].values()) == timeline["decode_steps"]
+    assert timeline["decode_s"] + timeline["prompt_s"] <= record["elapsed_s"]
+    assert len(timeline["profiled_steps"]) == 3
+    assert "aten::" in (profile / "kernels.txt").read_text()
+    assert json.loads((profile / "kernels.json").read_text())["top"] and (profile / "trace.json").stat().st_size
     assert not [f for f in HEADER + THROUGHPUT if f not in record]
     # elapsed_s is rounded to the millisecond: on a run this short that alone moves the rate
     rate = record["output_tokens"] / record["elapsed_s"]
