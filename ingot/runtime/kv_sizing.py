@@ -60,15 +60,19 @@ def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device, num_la
     return PoolPlan(num_blocks, build.tokens_per_block, per_block, build.max_seq_len)
 
 
+def activation_reserve(spec: EngineSpec) -> int:
+    """Bytes kept free beside the KV cache for one step's activations and the sampler's logits."""
+    cfg, build = spec.model, spec.build
+    widest = max(cfg.q_size + 2 * cfg.kv_size, 2 * cfg.intermediate_size)
+    activations = 4 * build.max_num_tokens * (widest + 2 * cfg.hidden_size) * DTYPE_BYTES[spec.dtype]
+    logits = 3 * build.max_batch_size * cfg.vocab_size * 4
+    return activations + logits
+
+
 def _device_budget(spec: EngineSpec, cache: CacheConfig, device: torch.device) -> int:
     """fraction * total memory, minus what is already in use (weights), minus an activation reserve."""
     free, total = torch.cuda.mem_get_info(device)
-    cfg, build = spec.model, spec.build
-    dtype_bytes = DTYPE_BYTES[spec.dtype]
-    widest = max(cfg.q_size + 2 * cfg.kv_size, 2 * cfg.intermediate_size)
-    activations = 4 * build.max_num_tokens * (widest + 2 * cfg.hidden_size) * dtype_bytes
-    logits = 3 * build.max_batch_size * cfg.vocab_size * 4
-    budget = int(cache.gpu_memory_fraction * total) - (total - free) - activations - logits
+    budget = int(cache.gpu_memory_fraction * total) - (total - free) - activation_reserve(spec)
     if cache.max_cache_bytes is not None:
         budget = min(budget, cache.max_cache_bytes)
     return max(budget, 0)
