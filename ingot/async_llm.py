@@ -37,6 +37,7 @@ class AsyncLLM:
         self._streams: dict[str, _Stream] = {}  # engine request id (a sample's) -> its generate() call
         self._requests: dict[str, _Stream] = {}  # request id -> its generate() call
         self._ids = itertools.count()
+        self._shut_down = False
         if engine is not None or in_process:
             self._core = self._start_loop(engine_dir, cache, device, engine, draft_engine)
         else:
@@ -84,6 +85,8 @@ class AsyncLLM:
             failure = self.failure()
             if failure is not None:
                 raise EngineError(failure)
+            if self._shut_down:  # e.g. its model was unloaded after the server picked it for this request
+                raise EngineError("this engine was shut down (its model was unloaded); send the request again")
             self._core.add([add])
             while True:
                 out = await stream.next_output()
@@ -138,7 +141,18 @@ class AsyncLLM:
         """The latest EngineStats snapshot (safe to read from any thread)."""
         return self._core.stats
 
+    @property
+    def num_requests(self) -> int:
+        """generate() calls in flight."""
+        return len(self._requests)
+
+    @property
+    def core_pid(self) -> int | None:
+        """The engine core's process id; None when the engine runs on a thread of this process."""
+        return getattr(self._core, "pid", None)
+
     def shutdown(self) -> None:
+        self._shut_down = True
         self._core.shutdown()
 
     # ---- from the core (on its thread) to the event loops ----

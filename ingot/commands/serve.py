@@ -1,6 +1,9 @@
 """`ingot serve ENGINE`: the OpenAI-compatible and KServe v2 (Triton) HTTP server (FastAPI + uvicorn,
 started here), and with --grpc-port the KServe v2 gRPC service.
 
+`ingot serve --model-repository DIR` serves every engine under DIR/NAME/VERSION/ instead
+(ingot/serve/repository.py), the models sharing --gpu-memory-fraction of the device.
+
 `ingot serve CHECKPOINT_OR_PRESET` first picks a build profile for this machine and builds it once
 into the cache (ingot/deploy/); the server starts listening only once that engine is loaded, so
 /health and /v2/health/ready never answer while it builds (the build's progress is in the log)."""
@@ -12,8 +15,20 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve an engine over OpenAI-compatible and KServe v2 (Triton) APIs")
-    p.add_argument("engine", help="engine directory, or a checkpoint folder / .gguf / preset: built once for this "
-                                  "machine into the cache (the profile `ingot profiles MODEL` marks), then reused")
+    p.add_argument("engine", nargs="?", default=None,
+                   help="engine directory, or a checkpoint folder / .gguf / preset: built once for this "
+                        "machine into the cache (the profile `ingot profiles MODEL` marks), then reused")
+    p.add_argument("--model-repository", default=None, metavar="DIR",
+                   help="serve every model under DIR instead: DIR/NAME/VERSION/ each an engine (`ingot build -o`), "
+                        "DIR/NAME/model_config.json optionally its version_policy and KV-cache memory")
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.9, metavar="F",
+                   help="the server's share of the device's memory (the host's RAM on CPU), split among the "
+                        "models: weights, activations and KV caches; a load that would exceed it is refused")
+    p.add_argument("--kv-cache-fraction", type=float, default=None, metavar="F",
+                   help="each model version's KV cache: this fraction of the device's memory (default: an "
+                        "equal share of what the weights leave; a model's model_config.json overrides it)")
+    p.add_argument("--kv-cache-bytes", type=int, default=None, metavar="N",
+                   help="each model version's KV cache in bytes, instead of --kv-cache-fraction")
     p.add_argument("--profile", default=None, metavar="NAME",
                    help="with a checkpoint or preset: build this profile (one `ingot profiles MODEL` lists) "
                         "instead of the one chosen for this machine")
@@ -62,13 +77,52 @@ def run(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None and args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be >= 1024")
     api_key = resolve_api_key(args.api_key, args.api_key_file)
-    engine_dir, default_name = _engine_dir(args.engine, args.device, args.profile)
+    kv = _kv_request(args)
+    if args.model_repository is not None:
+        _check_repository_args(args)
+        engine_dir, default_name = None, None
+    elif args.engine is None:
+        raise ConfigError("give an ENGINE to serve, or --model-repository DIR")
+    else:
+        engine_dir, default_name = _engine_dir(args.engine, args.device, args.profile)
     return serve(engine_dir, host=args.host, port=args.port, api_key=api_key,
                  metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name or default_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
                  max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process,
-                 grpc_port=args.grpc_port)
+                 grpc_port=args.grpc_port, model_repository=args.model_repository,
+                 gpu_memory_fraction=args.gpu_memory_fraction, kv=kv)
+
+
+def _kv_request(args):
+    from ingot.errors import ConfigError
+    from ingot.serve.repository import KVRequest
+
+    fraction, size = args.kv_cache_fraction, args.kv_cache_bytes
+    if fraction is not None and size is not None:
+        raise ConfigError("give --kv-cache-fraction or --kv-cache-bytes, not both")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"--kv-cache-fraction {fraction} must be in (0, 1] (a fraction of the device's memory)")
+    if size is not None and size < 1:
+        raise ConfigError(f"--kv-cache-bytes {size} must be >= 1")
+    if not 0 < args.gpu_memory_fraction <= 1:
+        raise ConfigError(f"--gpu-memory-fraction {args.gpu_memory_fraction} must be in (0, 1]")
+    return KVRequest(fraction, size)
+
+
+def _check_repository_args(args) -> None:
+    """--model-repository names its models and engines itself: the one-engine flags do not apply."""
+    from ingot import envs
+    from ingot.errors import ConfigError
+
+    given = [flag for flag, value in (("ENGINE", args.engine), ("--served-model-name", args.served_model_name),
+                                      ("--profile", args.profile), ("--draft-engine", args.draft_engine))
+             if value is not None]
+    if given:
+        raise ConfigError(f"--model-repository serves the models under {args.model_repository} by their folder "
+                          f"names; drop {', '.join(given)}")
+    if envs.torchrun_rank() is not None:
+        raise ConfigError("--model-repository starts each engine's ranks itself; run it without torchrun")
 
 
 def _engine_dir(model: str, device: str | None, profile: str | None):

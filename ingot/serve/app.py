@@ -1,13 +1,14 @@
 """The HTTP app: OpenAI routes, health and metrics, and the sizing planner's page under /plan.
 
     POST /v1/completions, /v1/chat/completions      generation (JSON, or SSE with stream=true)
-    GET  /v1/models[/{model}]                       the one served model
+    GET  /v1/models[/{model}]                       the served models: NAME (its latest version) and NAME/VERSION
     POST /tokenize  /detokenize   GET /tokenizer_info   the served tokenizer (vLLM's routes; tokenize.py)
     GET  /health  /version  /metrics                liveness, versions, Prometheus text
     GET  /plan/...                                  the planner (ingot.plan.web), mounted
     /v2/...                                         KServe v2 / Triton (kserve_http.py); gRPC: kserve_grpc.py
 
-One AsyncLLM (one engine core) serves every request. The Gate middleware answers 401 before a
+The models (models.py: one engine, or a repository's) serve every request; the request's `model`
+field picks one (a name, or NAME/VERSION). The Gate middleware answers 401 before a
 body is read; for generation it reads the whole body first (at most max_body_bytes, within
 BODY_READ_TIMEOUT_S: 413 / 408), and only then takes a --max-queue slot (429), so that clients
 that send headers and then stall cannot hold every slot. It counts every response by route and
@@ -30,6 +31,7 @@ import ingot
 from ingot.serve import handlers, kserve_http
 from ingot.serve.errors import APIError
 from ingot.serve.metrics import CONTENT_TYPE, ServerMetrics
+from ingot.serve.models import ModelError, ModelRegistry, ServedModel
 
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
@@ -43,8 +45,7 @@ logger = logging.getLogger("ingot.serve")
 
 @dataclass
 class ServerState:
-    llm: object  # AsyncLLM
-    model_name: str
+    models: ModelRegistry
     api_key: str | None = None
     max_queue: int | None = None  # generation requests in flight before 429; None: no limit
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -53,14 +54,28 @@ class ServerState:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise APIError(404, f"the model {model!r} does not exist here; this server serves {self.model_name!r}",
-                           "model", "model_not_found")
+    def model(self, model: str | None) -> ServedModel:
+        """The engine the OpenAI `model` field names; APIError 404 (or 400) naming what is served."""
+        try:
+            return self.models.resolve(model)
+        except ModelError as exc:
+            raise APIError(exc.status, exc.message, "model", "model_not_found") from None
 
-    def model_card(self) -> dict:
-        return {"id": self.model_name, "object": "model", "created": self.started, "owned_by": "ingot",
-                "max_model_len": self.llm.spec.build.max_seq_len}
+    def model_cards(self) -> list[dict]:
+        """One card per model name (its latest loaded version), and one per NAME/VERSION where a model has
+        several loaded versions to choose from (NAME/VERSION is accepted for any loaded version)."""
+        cards = []
+        for name in sorted({m.name for m in self.models.loaded()}):
+            cards.append(_card(name, self.models.get(name)))
+            versions = self.models.versions(name)
+            if len(versions) > 1:
+                cards += [_card(f"{name}/{v}", self.models.get(name, v), parent=name) for v in versions]
+        return cards
+
+
+def _card(model_id: str, served: ServedModel, parent: str | None = None) -> dict:
+    return {"id": model_id, "object": "model", "created": served.loaded_at, "owned_by": "ingot", "root": served.key,
+            "parent": parent, "max_model_len": served.llm.spec.build.max_seq_len}
 
 
 class Gate:
@@ -91,7 +106,7 @@ class Gate:
             answer = kserve_http.error_response(error.status, error.message) if kserve else error.response()
             await answer(scope, receive, send)
 
-        guarded = path.startswith(("/v1/", "/v2/models/")) or path in TOKENIZER_ROUTES or (
+        guarded = path.startswith(("/v1/", "/v2/models/", "/v2/repository/")) or path in TOKENIZER_ROUTES or (
             path == "/metrics" and not self.state.metrics_public)
         if guarded and not self._authorized(scope):
             return await refuse(APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
@@ -161,6 +176,9 @@ def _route_label(path: str) -> str:
         return path
     if path.startswith("/plan"):
         return "/plan"
+    if path.startswith("/v2/repository/"):
+        return "/v2/repository/" + path.rsplit("/", 1)[-1] if path.endswith(("/index", "/load", "/unload")) \
+            else "other"
     if path.startswith("/v2/models/"):
         last = path.rsplit("/", 1)[-1]
         return f"/v2/models/{last}" if last in ("infer", "generate", "generate_stream", "ready", "config") \
@@ -225,20 +243,20 @@ def _add_openai_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [state.model_card()]}
+        return {"object": "list", "data": state.model_cards()}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str) -> dict:
-        state.check_model(model)
-        return state.model_card()
+        served = state.model(model)
+        return _card(model, served, parent=served.name if model != served.name else None)
 
 
 def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
     from ingot.serve import tokenize
 
     @app.get("/tokenizer_info")
-    async def tokenizer_info() -> dict:
-        return tokenize.tokenizer_info(state)
+    async def tokenizer_info(model: str | None = None) -> dict:
+        return tokenize.tokenizer_info(state.model(model))
 
     @app.post("/tokenize")
     async def tokenize_text(request: Request) -> dict:
@@ -252,7 +270,7 @@ def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
 def _add_service_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> Response:
-        failure = state.llm.failure()
+        failure = state.models.failure()
         if failure is not None:
             return APIError(503, failure, type="server_error").response()
         if state.draining:
@@ -263,12 +281,13 @@ def _add_service_routes(app: FastAPI, state: ServerState) -> None:
     async def version() -> dict:
         import torch
 
-        return {"version": ingot.__version__, "torch": torch.__version__,
-                "engine_format": state.llm.spec.format_version}
+        from ingot.engine_format import FORMAT_VERSION
+
+        return {"version": ingot.__version__, "torch": torch.__version__, "engine_format": FORMAT_VERSION}
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(state.metrics.render(state.llm.stats()), media_type=CONTENT_TYPE)
+        return Response(state.metrics.render(state.models.samples()), media_type=CONTENT_TYPE)
 
 
 def _mount_planner(app: FastAPI) -> None:

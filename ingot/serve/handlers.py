@@ -36,16 +36,17 @@ async def parse(model: type[BaseModel], request: Request):
 async def completions(state, request: Request) -> Response:
     arrival = time.perf_counter()
     req: CompletionRequest = await parse(CompletionRequest, request)
-    state.check_model(req.model)
+    served = state.model(req.model)
+    llm = served.llm
     req.check_supported()
-    params = _params(state, req, req.max_tokens, req.logprobs, req.prompt_logprobs)
-    tokenizer = state.llm.tokenizer
+    params = _params(llm, req, req.max_tokens, req.logprobs, req.prompt_logprobs)
+    tokenizer = llm.tokenizer
 
     def tokenized_jobs() -> list[Job]:
         jobs = []
         for prompt in req.prompts():
             ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-            check_prompt(state, ids, params.max_tokens, "prompt", "max_tokens")
+            check_prompt(llm, ids, params.max_tokens, "prompt", "max_tokens")
             text = prompt if isinstance(prompt, str) else (
                 tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
             jobs.append(Job(ids, params, text))
@@ -53,16 +54,17 @@ async def completions(state, request: Request) -> Response:
 
     # a long prompt takes the tokenizer seconds: off the event loop, so /health and streams go on
     jobs = await run_in_threadpool(tokenized_jobs)
-    fmt = CompletionFormat(tokenizer, state.model_name, req.logprobs, req.echo)
-    return await _respond(state, request, req, jobs, fmt, "prompt", arrival)
+    fmt = CompletionFormat(tokenizer, req.model or served.name, req.logprobs, req.echo)
+    return await _respond(state, llm, request, req, jobs, fmt, "prompt", arrival)
 
 
 async def chat_completions(state, request: Request) -> Response:
     arrival = time.perf_counter()
     req: ChatCompletionRequest = await parse(ChatCompletionRequest, request)
-    state.check_model(req.model)
+    served = state.model(req.model)
+    llm = served.llm
     req.check_supported()
-    tokenizer = state.llm.tokenizer
+    tokenizer = llm.tokenizer
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else \
         json.dumps(tokenizer.chat_template or "")
     calling = ToolCalling.from_request(req, template)
@@ -74,57 +76,58 @@ async def chat_completions(state, request: Request) -> Response:
         ids = await run_in_threadpool(lambda: tokenizer.encode_chat(messages, req.add_generation_prompt, **tools))
     except RequestError as exc:
         raise from_request_error(exc, "messages") from None
-    build = state.llm.spec.build
+    build = llm.spec.build
     # Without a limit the answer may use the rest of the context, as OpenAI's chat endpoint does.
     max_tokens = req.requested_max_tokens or max(build.max_seq_len - len(ids), 1)
     limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    check_prompt(state, ids, max_tokens, "messages", limit_param)
+    check_prompt(llm, ids, max_tokens, "messages", limit_param)
     forced = calling.structured() if calling is not None else None
     if forced is not None and structured_output(req) is not None:
         raise bad_request(f"tool_choice={req.tool_choice!r} forces the answer's shape; drop response_format "
                           "or the guided_* field", "tool_choice")
-    jobs = [Job(ids, _params(state, req, max_tokens, req.num_logprobs, structured=forced))]
-    fmt = ChatFormat(state.llm.tokenizer, state.model_name, req.num_logprobs)
+    jobs = [Job(ids, _params(llm, req, max_tokens, req.num_logprobs, structured=forced))]
+    fmt = ChatFormat(tokenizer, req.model or served.name, req.num_logprobs)
     if calling is not None:
         fmt = ToolChatFormat(fmt, calling)
-    return await _respond(state, request, req, jobs, fmt, "messages", arrival)
+    return await _respond(state, llm, request, req, jobs, fmt, "messages", arrival)
 
 
-def _params(state, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
+def _params(llm, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
             structured=None):
     try:
         params = req.sampling_params(max_tokens, logprobs, prompt_logprobs, structured)
     except RequestError as exc:
         raise from_request_error(exc) from None
-    vocab = state.llm.spec.model.vocab_size
+    vocab = llm.spec.model.vocab_size
     bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})", "stop_token_ids")
     return params
 
 
-def check_prompt(state, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:
+def check_prompt(llm, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:
+    """The prompt's ids against llm's (an AsyncLLM's) vocabulary and envelope; APIError 400."""
     if not ids:
         raise bad_request("the prompt is empty: give at least one token", prompt_param)
-    vocab = state.llm.spec.model.vocab_size
+    vocab = llm.spec.model.vocab_size
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})", prompt_param)
     try:
-        check_fits(len(ids), max_tokens, state.llm.spec.build, prompt_param)
+        check_fits(len(ids), max_tokens, llm.spec.build, prompt_param)
     except APIError as exc:
         exc.param = limit_param if exc.param == "max_tokens" else exc.param
         raise
 
 
-async def _respond(state, request: Request, req, jobs: list[Job], fmt, prompt_param: str,
+async def _respond(state, llm, request: Request, req, jobs: list[Job], fmt, prompt_param: str,
                    arrival: float) -> Response:
     run = dict(metrics=state.metrics, request_id=fmt.id, prompt_param=prompt_param, arrival=arrival)
     if req.stream:
-        events = _sse_events(state, jobs, fmt, req.include_usage, run)
+        events = _sse_events(llm, jobs, fmt, req.include_usage, run)
         return EventStream(events, media_type="text/event-stream",
                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    finals = await _unless_disconnected(request, collect(state.llm, jobs, **run))
+    finals = await _unless_disconnected(request, collect(llm, jobs, **run))
     if finals is None:
         return Response(status_code=CLIENT_CLOSED)
     n = jobs[0].params.n
@@ -148,7 +151,7 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _sse_events(state, jobs: list[Job], fmt, include_usage: bool, run: dict):
+async def _sse_events(llm, jobs: list[Job], fmt, include_usage: bool, run: dict):
     n = jobs[0].params.n
     sent: dict[int, int] = {}  # choice -> tokens already sent
     text_len: dict[int, int] = {}  # choice -> characters already sent (logprobs' text_offset)
@@ -159,7 +162,7 @@ async def _sse_events(state, jobs: list[Job], fmt, include_usage: bool, run: dic
             if index not in waiting_for_scores and (opening := fmt.opening(index, jobs[index // n])) is not None:
                 text_len[index] = len(opening.get("text", ""))
                 yield _sse(fmt.chunk([opening], with_usage_field=include_usage))
-        async with aclosing(stream_outputs(state.llm, jobs, **run)) as outputs:
+        async with aclosing(stream_outputs(llm, jobs, **run)) as outputs:
             async for index, out in outputs:
                 if index in waiting_for_scores:
                     waiting_for_scores.discard(index)

@@ -12,9 +12,11 @@ format cannot drift, and no third-party .proto is copied into ingot.
 Served: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelConfig,
 ModelInfer and the decoupled, bidirectional ModelStreamInfer (with input `stream` true, one
 response per piece of new text, the last flagged `triton_final_response`; several requests on one
-stream run concurrently). Other RPCs answer UNIMPLEMENTED (grpc's default). Errors: INVALID_ARGUMENT
-for malformed tensors, NOT_FOUND for an unknown model, UNAVAILABLE while draining or when the engine
-stopped; on a stream, a failed request gets a response with error_message and the stream goes on.
+stream run concurrently), and the model repository's RepositoryIndex, RepositoryModelLoad and
+RepositoryModelUnload. Other RPCs answer UNIMPLEMENTED (grpc's default). Errors: INVALID_ARGUMENT
+for malformed tensors or a failed load, NOT_FOUND for an unknown (or unloaded) model, UNAVAILABLE
+while draining or when the engine stopped; on a stream, a failed request gets a response with
+error_message and the stream goes on.
 """
 
 from __future__ import annotations
@@ -70,17 +72,45 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         await self._authorize(context)
-        known = request.name == self.state.model_name and request.version in ("", model.VERSION)
-        return service_pb2.ModelReadyResponse(ready=known and model.ready(self.state))
+        try:
+            served = model.resolve(self.state, request.name, request.version)
+        except KServeError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=model.ready(self.state, served))
 
     async def ModelMetadata(self, request, context):
-        await self._check(context, request.name, request.version)
-        return json_format.ParseDict(model.model_metadata(self.state), service_pb2.ModelMetadataResponse())
+        served = await self._resolve(context, request.name, request.version)
+        return json_format.ParseDict(model.model_metadata(self.state, served), service_pb2.ModelMetadataResponse())
 
     async def ModelConfig(self, request, context):
-        await self._check(context, request.name, request.version)
-        config = json_format.ParseDict(model.model_config(self.state), model_config_pb2.ModelConfig())
+        served = await self._resolve(context, request.name, request.version)
+        config = json_format.ParseDict(model.model_config(served), model_config_pb2.ModelConfig())
         return service_pb2.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(self, request, context):
+        await self._authorize(context)
+        rows = self.state.models.index(ready_only=request.ready)
+        return service_pb2.RepositoryIndexResponse(
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def RepositoryModelLoad(self, request, context):
+        await self._repository(context, "load", request.model_name, request.parameters)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self._repository(context, "unload", request.model_name, request.parameters)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    async def _repository(self, context, action: str, name: str, parameters) -> None:
+        from ingot.serve.models import ModelError
+
+        await self._authorize(context)
+        try:
+            model.check_repository_parameters(action, dict(parameters))
+            await getattr(self.state.models, action)(name)
+        except (KServeError, ModelError) as exc:
+            code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, exc.message)
 
     async def ModelInfer(self, request, context):
         await self._authorize(context)
@@ -135,33 +165,33 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _run(self, request, streaming: bool):
         """The responses of one infer request: one, or with `stream` one per piece of new text."""
-        model.check_model(self.state, request.model_name, request.model_version)
+        served = model.resolve(self.state, request.model_name, request.model_version)
         if self.state.draining:
             raise KServeError(503, "the server is shutting down; send the request to another replica")
         rows = model.rows_from_inputs(_inputs(request))
-        inference, error = model.Inference(self.state, len(rows)), None
+        inference, error = model.Inference(self.state, served, len(rows)), None
         request_id = f"grpc-{next(_ids)}"
         empty_final = request.parameters[EMPTY_FINAL].bool_param if EMPTY_FINAL in request.parameters else False
         try:
             if streaming and rows[0].stream:
-                async with aclosing(model.stream_text(self.state, rows[0], request_id)) as deltas:
+                async with aclosing(model.stream_text(self.state, served, rows[0], request_id)) as deltas:
                     async for delta, finished in deltas:
                         inference.first_response()
-                        yield self._response(request, [delta], final=finished and not empty_final)
+                        yield self._response(served, request, [delta], final=finished and not empty_final)
                 if empty_final:
-                    yield self._response(request, None, final=True)
+                    yield self._response(served, request, None, final=True)
             else:
-                texts = await model.generate_texts(self.state, rows, request_id)
+                texts = await model.generate_texts(self.state, served, rows, request_id)
                 inference.first_response()
-                yield self._response(request, texts, final=True)
+                yield self._response(served, request, texts, final=True)
         except BaseException as exc:
             error = exc
             raise
         finally:
             inference.done(error)
 
-    def _response(self, request, texts: list[str] | None, final: bool):
-        response = service_pb2.ModelInferResponse(model_name=self.state.model_name, model_version=model.VERSION,
+    def _response(self, served, request, texts: list[str] | None, final: bool):
+        response = service_pb2.ModelInferResponse(model_name=served.name, model_version=served.version,
                                                   id=request.id)
         response.parameters[FINAL].bool_param = final
         if texts is not None:
@@ -180,10 +210,10 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise KServeError(429, f"the server is at its limit of {limit} requests in flight (--max-queue)")
         metrics.in_flight += 1
 
-    async def _check(self, context, name: str, version: str) -> None:
+    async def _resolve(self, context, name: str, version: str):
         await self._authorize(context)
         try:
-            model.check_model(self.state, name, version)
+            return model.resolve(self.state, name, version)
         except KServeError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
 

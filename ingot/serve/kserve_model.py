@@ -1,4 +1,4 @@
-"""The served engine as a KServe v2 model with the tensors of Triton's TensorRT-LLM `ensemble`.
+"""Each served engine as a KServe v2 model with the tensors of Triton's TensorRT-LLM `ensemble`.
 
 Inputs (batch dimension first, as a model with max_batch_size > 0; every one but text_input and
 max_tokens optional):
@@ -34,8 +34,6 @@ from ingot.serve.errors import APIError
 from ingot.serve.generation import Job, stream_outputs
 from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, datatype_of
 
-VERSION = "1"  # the one version of the one served model
-
 # name -> (datatype, dims without the batch dimension, required)
 INPUTS = {
     "text_input": ("BYTES", [1], True), "max_tokens": ("INT32", [1], True),
@@ -68,36 +66,49 @@ class Row:
     stream: bool
 
 
-def check_model(state, name: str, version: str | None = None) -> None:
-    if name != state.model_name:
-        raise KServeError(404, f"Request for unknown model: '{name}' is not found (this server serves "
-                               f"'{state.model_name}')")
-    if version not in (None, "", VERSION):
-        raise KServeError(404, f"Request for unknown model: '{name}' version {version} is not found "
-                               f"(served versions: {VERSION})")
+def resolve(state, name: str, version: str | None = None):
+    """The ServedModel for a name and version (none: the highest loaded); KServeError 404 naming what is served."""
+    from ingot.serve.models import ModelError
+
+    try:
+        return state.models.get(name, version)
+    except ModelError as exc:
+        raise KServeError(exc.status, f"Request for unknown model: {exc.message}") from None
 
 
-def ready(state) -> bool:
-    return state.llm.failure() is None and not state.draining
+def ready(state, served=None) -> bool:
+    """The server (served None: every loaded model) or one model can serve."""
+    failure = state.models.failure() if served is None else served.llm.failure()
+    return failure is None and not state.draining
 
 
 def server_metadata() -> dict:
     return {"name": "ingot", "version": ingot.__version__,
-            "extensions": ["binary_tensor_data", "generate", "model_configuration"]}
+            "extensions": ["binary_tensor_data", "generate", "model_configuration", "model_repository"]}
 
 
-def model_metadata(state) -> dict:
+def check_repository_parameters(action: str, parameters: dict) -> None:
+    """Load takes none of Triton's overrides (a config or files sent with the request: ingot reads the
+    model's folder); unload takes unload_dependents, which means nothing here (no ensembles)."""
+    allowed = {"unload_dependents"} if action == "unload" else set()
+    extra = sorted(set(parameters) - allowed)
+    if extra:
+        raise bad(f"{action} parameters {extra} are not supported: ingot {action}s a model as its folder in the "
+                  "repository describes it (edit DIR/NAME/model_config.json, then load it)")
+
+
+def model_metadata(state, served) -> dict:
     def tensor(name, datatype, dims):
         return {"name": name, "datatype": datatype, "shape": [-1, *dims]}
-    return {"name": state.model_name, "versions": [VERSION], "platform": "ingot",
+    return {"name": served.name, "versions": state.models.versions(served.name), "platform": "ingot",
             "inputs": [tensor(n, t, d) for n, (t, d, _) in INPUTS.items()],
             "outputs": [tensor(n, t, d) for n, (t, d) in OUTPUTS.items()]}
 
 
-def model_config(state) -> dict:
+def model_config(served) -> dict:
     """Triton's model configuration (model_config.proto) in its JSON form."""
-    return {"name": state.model_name, "platform": "ingot", "backend": "ingot",
-            "max_batch_size": state.llm.spec.build.max_batch_size,
+    return {"name": served.name, "platform": "ingot", "backend": "ingot",
+            "max_batch_size": served.llm.spec.build.max_batch_size,
             "input": [{"name": n, "data_type": CONFIG_TYPES[t], "dims": d, "optional": not required}
                       for n, (t, d, required) in INPUTS.items()],
             "output": [{"name": n, "data_type": CONFIG_TYPES[t], "dims": d} for n, (t, d) in OUTPUTS.items()],
@@ -210,27 +221,27 @@ def rows_from_json(body: dict) -> list[Row]:
     return rows_from_inputs(inputs)
 
 
-async def _job(state, row: Row) -> Job:
+async def _job(llm, row: Row) -> Job:
     from starlette.concurrency import run_in_threadpool
 
     from ingot.serve.handlers import check_prompt
 
-    tokenizer = state.llm.tokenizer
+    tokenizer = llm.tokenizer
     if tokenizer is None:
         raise bad("this engine has no tokenizer, so it cannot take text_input")
     ids = await run_in_threadpool(tokenizer.encode, row.text)
     try:
-        check_prompt(state, ids, row.params.max_tokens, "text_input", "max_tokens")
+        check_prompt(llm, ids, row.params.max_tokens, "text_input", "max_tokens")
     except APIError as exc:
         raise bad(exc.message) from None
     return Job(ids, row.params, row.text)
 
 
-async def stream_text(state, row: Row, request_id: str) -> AsyncIterator[tuple[str, bool]]:
+async def stream_text(state, served, row: Row, request_id: str) -> AsyncIterator[tuple[str, bool]]:
     """(new text, finished) as the row's answer grows; KServeError when it cannot run."""
-    job = await _job(state, row)
+    job = await _job(served.llm, row)
     try:
-        async with aclosing(stream_outputs(state.llm, [job], state.metrics, request_id, "text_input")) as outputs:
+        async with aclosing(stream_outputs(served.llm, [job], state.metrics, request_id, "text_input")) as outputs:
             async for _, out in outputs:
                 if out.delta_text or out.finished:
                     yield out.delta_text, out.finished
@@ -238,11 +249,11 @@ async def stream_text(state, row: Row, request_id: str) -> AsyncIterator[tuple[s
         raise KServeError(exc.status, exc.message) from None
 
 
-async def generate_texts(state, rows: list[Row], request_id: str) -> list[str]:
+async def generate_texts(state, served, rows: list[Row], request_id: str) -> list[str]:
     """Every row's whole answer, the rows run concurrently."""
     async def one(i: int, row: Row) -> str:
         parts = []
-        async with aclosing(stream_text(state, row, f"{request_id}-{i}")) as deltas:
+        async with aclosing(stream_text(state, served, row, f"{request_id}-{i}")) as deltas:
             async for delta, _ in deltas:
                 parts.append(delta)
         return "".join(parts)
@@ -252,11 +263,11 @@ async def generate_texts(state, rows: list[Row], request_id: str) -> list[str]:
 class Inference:
     """Triton's per-model counters around one inference request (success, failure, durations)."""
 
-    def __init__(self, state, batch: int = 1) -> None:
-        self.metrics, self.model, self.batch = state.metrics, state.model_name, batch
+    def __init__(self, state, served, batch: int = 1) -> None:
+        self.metrics, self.model, self.version, self.batch = state.metrics, served.name, served.version, batch
         self.start = time.perf_counter()
         self.first: float | None = None
-        self.metrics.inference_started(self.model, VERSION)
+        self.metrics.inference_started(self.model, self.version)
 
     def first_response(self) -> None:
         if self.first is None:
@@ -271,5 +282,5 @@ class Inference:
         else:
             reason = "REJECTED" if getattr(error, "status", 500) < 500 else "BACKEND"
         first = None if self.first is None else self.first - self.start
-        self.metrics.observe_inference(self.model, VERSION, self.batch, time.perf_counter() - self.start,
+        self.metrics.observe_inference(self.model, self.version, self.batch, time.perf_counter() - self.start,
                                        first, reason)

@@ -3,8 +3,9 @@
 Three sources, every name kept from the hand-written exposition this replaces:
   - what the front measures (HTTP responses, finished sequences, TTFT / TPOT / E2E): Counters and
     Histograms, touched only on the event loop thread;
-  - the engine's own counters and gauges: a collector that reads the latest EngineStats snapshot
-    (immutable, sent with every step of the engine core: core_records.py) at scrape time;
+  - each loaded engine's own counters and gauges, labelled model and version: a collector that reads
+    its latest EngineStats snapshot (immutable, sent with every step of the engine core:
+    core_records.py) at scrape time, with the model's memory budget and resident bytes;
   - Triton's per-model names for requests through the KServe v2 routes (HTTP and gRPC), labelled
     model and version as Triton labels them: nv_inference_request_success / _failure (with
     Triton's reason label), nv_inference_count, nv_inference_exec_count,
@@ -15,10 +16,14 @@ Three sources, every name kept from the hand-written exposition this replaces:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
+
+from ingot.runtime.stats import EngineStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -61,18 +66,45 @@ ENGINE_ROWS = (
 )
 
 
+# name -> help: what the server knows of each loaded model's memory (EngineSample.gauges)
+MODEL_GAUGES = {
+    "ingot_model_memory_budget_bytes": "The model version's share of the memory budget: weights, activation "
+                                       "reserve and KV cache (--gpu-memory-fraction).",
+    "ingot_model_kv_cache_budget_bytes": "The most its KV cache may take (kv_cache_fraction / kv_cache_bytes).",
+    "ingot_model_resident_bytes": "Resident memory of its engine core process.",
+}
+
+
+@dataclass(frozen=True)
+class EngineSample:
+    """One loaded model version at scrape time."""
+
+    model: str
+    version: str
+    stats: EngineStats
+    gauges: dict[str, float] = field(default_factory=dict)  # MODEL_GAUGES name -> value, those known
+
+
 class _EngineCollector:
-    """The engine's snapshot as metric families, read when /metrics is scraped."""
+    """Every loaded engine's snapshot as metric families labelled model and version, read when /metrics
+    is scraped."""
 
     def __init__(self) -> None:
-        self.stats = None  # EngineStats, set by ServerMetrics.render
+        self.samples: list[EngineSample] = []  # set by ServerMetrics.render
 
     def collect(self):
-        if self.stats is None:
-            return
-        for name, help, field, kind in ENGINE_ROWS:
-            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(name, help, value=getattr(self.stats, field))
+        labels = ("model", "version")
+        for name, help, stat, kind in ENGINE_ROWS:
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help, labels=labels)
+            for sample in self.samples:
+                family.add_metric((sample.model, sample.version), getattr(sample.stats, stat))
+            yield family
+        for name, help in MODEL_GAUGES.items():
+            family = GaugeMetricFamily(name, help, labels=labels)
+            for sample in self.samples:
+                if name in sample.gauges:
+                    family.add_metric((sample.model, sample.version), sample.gauges[name])
+            yield family
 
 
 # Triton's counters carry no `_total` suffix. prometheus_client's Counter adds one to the samples, and
@@ -175,6 +207,6 @@ class ServerMetrics:
         if first_response_s is not None:
             self.nv_first_response.labels(model, version).observe(first_response_s * 1e3)
 
-    def render(self, stats) -> str:
-        self._engine.stats = stats
+    def render(self, engines: list[EngineSample]) -> str:
+        self._engine.samples = engines
         return generate_latest(self.registry).decode("utf-8") + self.nv_counters.render()

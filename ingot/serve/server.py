@@ -1,16 +1,17 @@
-"""Start the server: load the engine once, then run uvicorn (and, with grpc_port, the KServe v2 gRPC
-service on the same event loop) until SIGINT/SIGTERM.
+"""Start the server: load its models (one engine, or every model of a repository: models.py), then
+run uvicorn (and, with grpc_port, the KServe v2 gRPC service on the same event loop) until
+SIGINT/SIGTERM.
 
-The engine core runs in a process of its own (ingot/runtime/core_process.py; engine_in_process
-keeps it on a thread of this one). The engine is loaded before the port opens, so /health
+Each engine core runs in a process of its own (ingot/runtime/core_process.py; engine_in_process
+keeps them on threads of this one). The models are loaded before the port opens, so /health
 answering means ready. On a signal,
 uvicorn stops accepting connections and the server drains: new generation requests on open
 connections get 503, open requests get shutdown_timeout seconds to finish, then every request
 still running is aborted, so each stream ends with a finish_reason "abort" chunk, an error event
 and [DONE] (uvicorn's own deadline, DRAIN_MARGIN_S later, is never the one that cancels them);
 the engine core is shut down last, whatever happened.
-If the engine fails on its own (its core process dies, its loop stops on an error, a worker rank
-dies), a watchdog
+If a loaded engine fails on its own (its core process dies, its loop stops on an error, a worker
+rank dies), a watchdog
 reports why and stops the server the same way, and the process exits with status 1.
 """
 
@@ -27,32 +28,38 @@ WATCHDOG_INTERVAL_S = 0.5
 DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced cancellation
 
 
-def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+def serve(engine_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
           log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None,
           max_body_bytes: int | None = None, metrics_public: bool = False, engine_in_process: bool = False,
-          grpc_port: int | None = None) -> int:
+          grpc_port: int | None = None, model_repository: str | Path | None = None,
+          gpu_memory_fraction: float = 0.9, kv=None) -> int:
+    """Serve engine_dir as one model (named served_model_name, else its folder), or every model of
+    model_repository; kv (a repository.KVRequest) is each model's KV-cache memory unless its
+    model_config.json says otherwise."""
     import uvicorn
 
-    from ingot.async_llm import AsyncLLM
     from ingot.serve.app import ServerState, build_app
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    llm = AsyncLLM(engine_dir, device=device, draft_engine=draft_engine, in_process=engine_in_process)
+    models = _registry(engine_dir, served_model_name, device, draft_engine, engine_in_process, model_repository,
+                       gpu_memory_fraction, kv, shutdown_timeout)
+    failed = threading.Event()
     try:
-        name = served_model_name or Path(engine_dir).resolve().name
+        models.start()
         limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
-        state = ServerState(llm, name, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public, **limits)
+        state = ServerState(models, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public, **limits)
         app = build_app(state)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=shutdown_timeout + DRAIN_MARGIN_S)
         grpc_at = "" if grpc_port is None else f", gRPC (KServe v2) on {host}:{grpc_port}"
-        print(f"ingot serve: {name!r} on http://{host}:{port}/v1 and /v2{grpc_at} (Ctrl-C to stop)",
+        names = ", ".join(f"'{m.key}'" for m in models.loaded())
+        print(f"ingot serve: {names} on http://{host}:{port}/v1 and /v2{grpc_at} (Ctrl-C to stop)",
               file=sys.stderr, flush=True)
         # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a normal exit.
         signal.signal(signal.SIGTERM, _exit_normally)
         server = uvicorn.Server(config)
-        failed = _watch(llm, server, state, shutdown_timeout)
+        failed = _watch(models, server, state, shutdown_timeout)
         if grpc_port is None:
             server.run()
         else:
@@ -61,9 +68,29 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api
     except KeyboardInterrupt:
         pass
     finally:
-        llm.shutdown()
+        models.shutdown()
     print("ingot serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed.is_set() else 0
+
+
+def _registry(engine_dir, served_model_name, device, draft_engine, engine_in_process, model_repository,
+              gpu_memory_fraction, kv, drain_s):
+    """The models to serve: a repository's, or one engine's (the one-model case), sharing one memory budget."""
+    from ingot.async_llm import AsyncLLM
+    from ingot.serve.memory_plan import DeviceBudget
+    from ingot.serve.models import ModelRegistry
+    from ingot.serve.repository import KVRequest, Repository, SingleEngine
+
+    kv = kv or KVRequest()
+    if model_repository is not None:
+        source = Repository(model_repository, kv)
+    else:
+        source = SingleEngine(served_model_name or Path(engine_dir).resolve().name, engine_dir, kv, draft_engine)
+
+    def start_engine(directory: Path, cache, draft: Path | None):
+        return AsyncLLM(directory, cache, device=device, draft_engine=draft, in_process=engine_in_process)
+
+    return ModelRegistry(source, start_engine, DeviceBudget.detect(device, gpu_memory_fraction), drain_s)
 
 
 async def _serve_with_grpc(server, state, host: str, grpc_port: int) -> None:
@@ -77,14 +104,14 @@ async def _serve_with_grpc(server, state, host: str, grpc_port: int) -> None:
         await grpc_server.stop(grace=1.0)
 
 
-def _watch(llm, server, state, shutdown_timeout: float) -> threading.Event:
-    """A daemon thread that stops the server when the engine can no longer serve, and drains it
+def _watch(models, server, state, shutdown_timeout: float) -> threading.Event:
+    """A daemon thread that stops the server when a loaded engine can no longer serve, and drains it
     when it is asked to stop."""
     failed = threading.Event()
 
     def run() -> None:
         while not server.should_exit:
-            failure = llm.failure()
+            failure = models.failure()
             if failure is not None:
                 print(f"ingot serve: {failure}; shutting down", file=sys.stderr, flush=True)
                 failed.set()
@@ -95,7 +122,7 @@ def _watch(llm, server, state, shutdown_timeout: float) -> threading.Event:
         print(f"ingot serve: draining: open requests have {shutdown_timeout:g} s to finish", file=sys.stderr,
               flush=True)
         threading.Event().wait(shutdown_timeout)
-        llm.abort_all()
+        models.abort_all()
 
     threading.Thread(target=run, name="ingot-serve-watchdog", daemon=True).start()
     return failed

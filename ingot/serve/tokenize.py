@@ -37,19 +37,20 @@ class DetokenizeRequest(_Strict):
     tokens: list[int]
 
 
-def tokenizer_info(state) -> dict:
-    tokenizer = state.llm.tokenizer
+def tokenizer_info(served) -> dict:
+    """served: the ServedModel whose tokenizer is asked about (`?model=`, or the one served)."""
+    tokenizer = served.llm.tokenizer
     specials = tokenizer.special_tokens
     template = tokenizer.chat_template
     return {"tokenizer_class": tokenizer.config.get("tokenizer_class", "PreTrainedTokenizerFast"),
             "eos_token": specials.get("eos_token"), "bos_token": specials.get("bos_token"),
             "pad_token": specials.get("pad_token"), "chat_template": template if isinstance(template, str) else None,
-            "model_max_length": state.llm.spec.build.max_seq_len, "vocab_size": tokenizer.vocab_size}
+            "model_max_length": served.llm.spec.build.max_seq_len, "vocab_size": tokenizer.vocab_size}
 
 
 def tokenize(state, req: TokenizeRequest) -> dict:
-    state.check_model(req.model)
-    tokenizer = state.llm.tokenizer
+    llm = state.model(req.model).llm
+    tokenizer = llm.tokenizer
     try:
         if req.messages is not None:
             ids = tokenizer.encode_chat([m.to_dict() for m in req.messages], req.add_generation_prompt)
@@ -57,13 +58,13 @@ def tokenize(state, req: TokenizeRequest) -> dict:
             ids = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
     except RequestError as exc:
         raise from_request_error(exc, "messages") from None
-    return {"tokens": ids, "count": len(ids), "max_model_len": state.llm.spec.build.max_seq_len}
+    return {"tokens": ids, "count": len(ids), "max_model_len": llm.spec.build.max_seq_len}
 
 
 def detokenize(state, req: DetokenizeRequest) -> dict:
-    state.check_model(req.model)
-    vocab = state.llm.spec.model.vocab_size
+    llm = state.model(req.model).llm
+    vocab = llm.spec.model.vocab_size
     bad = [t for t in req.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", "tokens")
-    return {"prompt": state.llm.tokenizer.decode(req.tokens, skip_special_tokens=False)}
+    return {"prompt": llm.tokenizer.decode(req.tokens, skip_special_tokens=False)}

@@ -39,10 +39,18 @@ class Server:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
 
     def metrics(self) -> dict[str, float]:
-        """Unlabelled samples of /metrics, plus labelled ones under their full text."""
+        """Every sample of /metrics under its full text, and each labelled name's sum under the bare name
+        (the engine's rows are labelled model and version: one server's sum is its one model's value)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10, headers={"Authorization": f"Bearer {API_KEY}"}).text
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines() if line and not line.startswith("#")}
+        samples, sums = {}, {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+                if "{" in key:
+                    bare = key.split("{", 1)[0]
+                    sums[bare] = sums.get(bare, 0.0) + float(value)
+        return {**sums, **samples}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:

@@ -29,7 +29,7 @@ def test_key_from_flag_file_or_environment(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key", ["ascii-key", "clé-secrète-🔑"])
 def test_keys_are_compared_as_utf8_bytes(key):
-    gate = Gate(app=None, state=ServerState(llm=None, model_name="m", api_key=key))
+    gate = Gate(app=None, state=ServerState(models=None, api_key=key))
     scope = lambda header: {"headers": [(b"authorization", header)]}  # noqa: E731
     assert gate._authorized(scope(b"Bearer " + key.encode("utf-8")))
     if not key.isascii():

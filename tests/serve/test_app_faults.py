@@ -13,7 +13,8 @@ import pytest
 from ingot.errors import EngineError
 from ingot.runtime.stats import EngineStats
 from ingot.serve.app import ServerState, build_app
-from ingot.serve.metrics import ServerMetrics
+from ingot.serve.metrics import EngineSample, ServerMetrics
+from ingot.serve.models import ModelRegistry
 
 
 class FailingLLM:
@@ -37,7 +38,7 @@ class FailingLLM:
 
 def call(exc: Exception, body: dict) -> httpx.Response:
     async def go():
-        app = build_app(ServerState(FailingLLM(exc), "fake"))
+        app = build_app(ServerState(ModelRegistry.holding(FailingLLM(exc), "fake")))
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.post("/v1/completions", json=body)
@@ -68,7 +69,7 @@ def test_histogram_is_cumulative():
     m = ServerMetrics()
     for value in (0.05, 0.1, 0.5, 3.0):
         m.e2e.observe(value)
-    families = {f.name: f for f in text_string_to_metric_families(m.render(EngineStats()))}
+    families = {f.name: f for f in text_string_to_metric_families(m.render([]))}
     samples = {(s.name, s.labels.get("le")): s.value for s in families["ingot_e2e_request_latency_seconds"].samples}
     assert samples[("ingot_e2e_request_latency_seconds_bucket", "0.1")] == 2  # le is inclusive
     assert samples[("ingot_e2e_request_latency_seconds_bucket", "1.0")] == 3
@@ -81,10 +82,14 @@ def test_sequence_metrics():
     m = ServerMetrics()
     m.observe_sequence(ttft=0.2, e2e=1.2, num_tokens=11, finish_reason="length")
     m.observe_sequence(ttft=None, e2e=0.0, num_tokens=0, finish_reason="abort")
-    text = m.render(EngineStats(running=2, kv_blocks_total=10, kv_blocks_used=5))
+    text = m.render([EngineSample("m", "1", EngineStats(running=2, kv_blocks_total=10, kv_blocks_used=5)),
+                     EngineSample("m", "2", EngineStats(), {"ingot_model_resident_bytes": 1024})])
     assert "ingot_time_per_output_token_seconds_sum 0.1" in text
     assert 'ingot_request_finished_total{reason="abort"} 1.0' in text
-    assert "ingot_kv_cache_usage_ratio 0.5" in text and "ingot_num_requests_running 2.0" in text
+    assert 'ingot_kv_cache_usage_ratio{model="m",version="1"} 0.5' in text
+    assert 'ingot_num_requests_running{model="m",version="1"} 2.0' in text
+    assert 'ingot_model_resident_bytes{model="m",version="2"} 1024.0' in text
+    assert 'ingot_model_resident_bytes{model="m",version="1"}' not in text
 
 
 def test_triton_metrics_keep_tritons_names():
@@ -96,7 +101,7 @@ def test_triton_metrics_keep_tritons_names():
         m.inference_started(model, "1")
     m.observe_inference("a", "1", batch=2, duration_s=0.5, first_response_s=0.1, failure_reason=None)
     m.observe_inference("b", "1", batch=1, duration_s=0.25, first_response_s=None, failure_reason="REJECTED")
-    families = {f.name: f for f in text_string_to_metric_families(m.render(EngineStats()))}
+    families = {f.name: f for f in text_string_to_metric_families(m.render([]))}
     assert families["nv_inference_request_success"].type == "counter"
     # the parser files counter samples under name_total; the text itself has Triton's names
     value = {(s.name.removesuffix("_total"), tuple(sorted(s.labels.items()))): s.value
