@@ -51,13 +51,13 @@ def test_invalid_sampling_params_name_the_field():
     (dict(repetition_penalty=1e-40), "repetition_penalty"),
     (dict(temperature=float("inf")), "temperature=inf is invalid: must be a finite number"),
     (dict(top_p=float("nan")), "top_p=nan is invalid: must be a finite number"),
-    (dict(stop=["x"] * 17), "at most 16 strings of at most 1024 characters"),
-    (dict(stop=["x" * 1025]), r"stop=\['xxxx.*\.\.\. \(1029 characters\) is invalid"),
+    (dict(stop=["x" * 40_000] * 2), "must be strings of at most 65536 characters in all"),
+    (dict(stop=["x" * 65_537]), r"stop=\['xxxx.*\.\.\. \(65541 characters\) is invalid"),
     (dict(stop_token_ids=[-1]), "at most 256 non-negative token ids"),
 ])
 def test_values_that_would_break_the_sampler_or_stall_the_engine_are_refused(params, message):
-    """A penalty that underflows float32 made logits infinite (NaN logprobs, garbage text); long
-    stop lists are matched on the engine thread at every token (issue 21)."""
+    """A penalty that underflows float32 made logits infinite (NaN logprobs, garbage text); the stop
+    strings' automaton is built on the engine's thread (issue 21)."""
     with pytest.raises(RequestError, match=message):
         SamplingParams(**params)
 

@@ -47,11 +47,11 @@ def register(subparsers) -> None:
                    help="the model name clients send (default: the engine directory's name; for a checkpoint "
                         "or preset, its folder, file or preset name)")
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
-                   help="answer 429 at once while N generation requests are in flight (default: no limit)")
+                   help="answer 429 at once while N prompts are in flight (a request holds one per prompt; default: "
+                        "no limit)")
     p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="S",
                    help="on SIGINT/SIGTERM, give open requests S seconds to finish before aborting them")
-    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
-                   help="largest generation request body accepted, in bytes (413 above; default 8 MiB)")
+    _add_limits(p)
     p.add_argument("--device", default=None)
     p.add_argument("--draft-engine", default=None, metavar="DIR",
                    help="the draft model's engine, for a target built with --speculative draft_target")
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         set_skip_verify()
     if args.max_queue is not None and args.max_queue < 1:
         raise ConfigError(f"--max-queue {args.max_queue} must be >= 1")
-    if args.max_body_bytes is not None and args.max_body_bytes < 1024:
-        raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be >= 1024")
+    limits = _limits(args)  # before a build or load, which may take minutes
     api_key = resolve_api_key(args.api_key, args.api_key_file)
     kv = _kv_request(args)
     if args.model_repository is not None:
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                  metrics_public=args.metrics_public,
                  served_model_name=args.served_model_name or default_name, max_queue=args.max_queue, device=args.device,
                  log_level=args.log_level, shutdown_timeout=args.shutdown_timeout, draft_engine=args.draft_engine,
-                 max_body_bytes=args.max_body_bytes, engine_in_process=args.engine_in_process,
+                 limits=limits, engine_in_process=args.engine_in_process,
                  grpc_port=args.grpc_port, model_repository=args.model_repository,
                  gpu_memory_fraction=args.gpu_memory_fraction, kv=kv)
 
@@ -123,6 +122,35 @@ def _check_repository_args(args) -> None:
                           f"names; drop {', '.join(given)}")
     if envs.torchrun_rank() is not None:
         raise ConfigError("--model-repository starts each engine's ranks itself; run it without torchrun")
+
+
+LIMIT_HELP = {  # each a ServeLimits field (ingot/serve/limits.py), where the defaults live
+    "max_prompts_per_request": ("N", int, "prompts one /v1/completions request may carry (400 above; each "
+                                          "also takes a --max-queue slot)"),
+    "max_sequences_per_request": ("N", int, "sequences one request may add, n x prompts (400 above)"),
+    "max_stop_strings": ("N", int, "stop strings one request may give (400 above)"),
+    "max_stop_string_chars": ("N", int, "characters in one stop string (400 above)"),
+    "max_body_bytes": ("N", int, "largest request body accepted, in bytes (413 above)"),
+    "max_header_bytes": ("N", int, "largest request line and headers accepted, in bytes (431 above)"),
+    "read_timeout": ("S", float, "seconds a client has to send a request's headers, and again its body (408)"),
+}
+
+
+def _add_limits(p) -> None:
+    from ingot.serve.limits import ServeLimits, flag
+
+    defaults = ServeLimits()
+    for name, (metavar, kind, text) in LIMIT_HELP.items():
+        p.add_argument(flag(name), type=kind, default=None, metavar=metavar,
+                       help=f"{text}; default {getattr(defaults, name)}")
+
+
+def _limits(args: argparse.Namespace):
+    """The ServeLimits of the flags given (the others keep their defaults); ConfigError naming a bad flag."""
+    from ingot.serve.limits import ServeLimits
+
+    given = {name: getattr(args, name) for name in LIMIT_HELP if getattr(args, name) is not None}
+    return ServeLimits(**given)
 
 
 def _engine_dir(model: str, device: str | None, profile: str | None):

@@ -1,4 +1,4 @@
-"""Incremental detokenization and stop-string helpers.
+"""Incremental detokenization (stop strings: stop_strings.py).
 
 Decoding one token at a time is wrong in two ways: a byte-level BPE token can hold part of a
 UTF-8 character (it decodes to U+FFFD until the rest arrives), and SentencePiece decoders
@@ -67,35 +67,3 @@ class IncrementalDetokenizer:
     def _emit(self, delta: str) -> str:
         self.text += delta
         return delta
-
-
-def find_stop_string(text: str, stops: list[str], start: int) -> tuple[int, str] | None:
-    """The first stop string completed in `text` by characters at index >= `start`.
-
-    `start` is where the newest delta begins; each stop is searched from `start - len(stop) + 1`,
-    so one that spans two deltas is found. "First" means the one that ends earliest, which is the
-    one a token-by-token stream would have met first, so the answer does not depend on how text
-    was chunked; among stops ending at the same place the longest wins.
-    Returns (index where the stop begins, the stop), or None.
-    """
-    best: tuple[int, int, str] | None = None  # (end, begin, stop)
-    for stop in stops:
-        begin = text.find(stop, max(0, start - len(stop) + 1))
-        if begin < 0:
-            continue
-        candidate = (begin + len(stop), begin, stop)
-        if best is None or candidate[:2] < best[:2]:
-            best = candidate
-    return None if best is None else (best[1], best[2])
-
-
-def hold_back_len(text: str, stops: list[str]) -> int:
-    """How many trailing characters of `text` to withhold from a stream: the longest tail that is a
-    proper prefix of some stop string (it may become that stop once more text arrives)."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest

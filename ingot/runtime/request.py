@@ -49,6 +49,7 @@ class Request:
     # again is recompute (EngineStats.recomputed_tokens_total).
     recompute_until: int = 0
     detokenizer: Any = None  # IncrementalDetokenizer, when the engine has a tokenizer
+    stop_matcher: Any = None  # StopMatcher over params.stop, made at the first token that is checked
     output_text: str = ""  # output text made visible so far (stop strings cut, possible stop prefixes held back)
     sample_index: int = 0  # which of the parent request's n samples this is
     # params.structured compiled for the engine's tokenizer (ingot/structured/grammar.Matcher): masks

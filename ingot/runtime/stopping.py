@@ -4,9 +4,9 @@ string is held back from streaming until it is decided."""
 
 from __future__ import annotations
 
-from ingot.runtime.detokenizer import find_stop_string, hold_back_len
 from ingot.runtime.outputs import CompletionOutput, RequestOutput
 from ingot.runtime.request import Request
+from ingot.runtime.stop_strings import StopMatcher
 
 
 def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str:
@@ -15,7 +15,6 @@ def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str
     if request.detokenizer is None:  # token ids only (an engine without a tokenizer)
         _check_token_stops(request, token, max_seq_len)
         return ""
-    previous_len = len(request.detokenizer.text)
     request.detokenizer.add([token])
     full = request.detokenizer.text
     visible = full
@@ -24,7 +23,9 @@ def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str
     elif token in params.stop_token_ids:
         request.finish_reason, request.stop_reason = "stop", token
     elif params.stop:
-        match = find_stop_string(full, params.stop, previous_len)
+        if request.stop_matcher is None:
+            request.stop_matcher = StopMatcher(params.stop)
+        match = request.stop_matcher.feed(full)
         if match is not None:
             index, stop = match
             visible = full[: index + len(stop)] if params.include_stop_str_in_output else full[:index]
@@ -36,7 +37,7 @@ def apply_stop_conditions(request: Request, token: int, max_seq_len: int) -> str
         request.detokenizer.flush()  # release bytes held back for an unfinished UTF-8 character
         visible = full = request.detokenizer.text
     if request.finish_reason is None and params.stop:
-        visible = full[: len(full) - hold_back_len(full, params.stop)]
+        visible = full[: len(full) - request.stop_matcher.hold_back]
     delta = visible[len(request.output_text):] if len(visible) >= len(request.output_text) else ""
     request.output_text = visible if len(visible) >= len(request.output_text) else request.output_text
     return delta

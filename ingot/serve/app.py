@@ -8,11 +8,13 @@
     /v2/...                                         KServe v2 / Triton (kserve_http.py); gRPC: kserve_grpc.py
 
 The models (models.py: one engine, or a repository's) serve every request; the request's `model`
-field picks one (a name, or NAME/VERSION). The Gate middleware answers 401 before a
-body is read; for generation it reads the whole body first (at most max_body_bytes, within
-BODY_READ_TIMEOUT_S: 413 / 408), and only then takes a --max-queue slot (429), so that clients
-that send headers and then stall cannot hold every slot. It counts every response by route and
-status (499: the client went away before its body was read).
+field picks one (a name, or NAME/VERSION). The Gate middleware answers 401 before a body is read;
+it reads every POST body whole first (at most limits.max_body_bytes, within limits.read_timeout:
+413 / 408), and only then does a generation request take a --max-queue slot (429; a handler holds
+one more per extra prompt: admission.py), so that clients that send headers and then stall cannot
+hold every slot. It counts every response by route and status (499: the client went away before
+its body was read). Heads (request line and headers) are guarded before the app sees them:
+http_protocol.py.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 import ingot
 from ingot.serve import handlers, kserve_http
+from ingot.serve.admission import SCOPE_KEY, QueueSlots
 from ingot.serve.errors import APIError
+from ingot.serve.limits import ServeLimits, flag
 from ingot.serve.metrics import CONTENT_TYPE, ServerMetrics
 from ingot.serve.models import ModelError, ModelRegistry, ServedModel
 
@@ -37,8 +42,6 @@ GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
 KNOWN_ROUTES = (*GENERATION_ROUTES, "/v1/models", *TOKENIZER_ROUTES, "/health", "/version", "/metrics")
 V2_GENERATION_SUFFIXES = ("/infer", "/generate", "/generate_stream")
-DEFAULT_MAX_BODY_BYTES = 8 << 20  # a prompt of ~2M tokens of text: past any engine's max_input_len
-BODY_READ_TIMEOUT_S = 30.0  # from the first byte of the request to the last byte of its body
 
 logger = logging.getLogger("ingot.serve")
 
@@ -48,7 +51,7 @@ class ServerState:
     models: ModelRegistry
     api_key: str | None = None
     max_queue: int | None = None  # generation requests in flight before 429; None: no limit
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    limits: ServeLimits = field(default_factory=ServeLimits)
     metrics_public: bool = False  # /metrics without the key (it shows traffic and KV-cache use)
     draining: bool = False  # shutting down: no new generation, /health 503, open requests finish
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
@@ -111,10 +114,10 @@ class Gate:
         if guarded and not self._authorized(scope):
             return await refuse(APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                                          code="invalid_api_key"))
-        generation = path in GENERATION_ROUTES or (kserve and path.endswith(V2_GENERATION_SUFFIXES))
-        if not generation or scope["method"] != "POST":
+        if scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        if self.state.draining:
+        generation = path in GENERATION_ROUTES or (kserve and path.endswith(V2_GENERATION_SUFFIXES))
+        if generation and self.state.draining:
             return await refuse(APIError(503, "the server is shutting down; send the request to another replica",
                                          type="server_error", code="shutting_down"))
         try:
@@ -126,31 +129,33 @@ class Gate:
             status[0] = 499
             return None
         receive = _replaying(body, receive)
-        metrics, limit = self.state.metrics, self.state.max_queue
-        if limit is not None and metrics.in_flight >= limit:
-            return await refuse(APIError(429, f"the server is at its limit of {limit} requests in flight "
-                                         "(--max-queue); retry later", type="rate_limit_error", code="queue_full"))
-        metrics.in_flight += 1
+        if not generation:
+            return await self.app(scope, receive, send)
+        slots = scope[SCOPE_KEY] = QueueSlots(self.state)
+        try:
+            slots.hold(1)
+        except APIError as error:
+            return await refuse(error)
         try:
             await self.app(scope, receive, send)
         finally:
-            metrics.in_flight -= 1
+            slots.release()
 
     async def _read_body(self, scope, receive) -> bytes | None:
         """The request body, or None if the client disconnected; APIError 413 / 408 past the limits."""
-        limit = self.state.max_body_bytes
+        limit, timeout = self.state.limits.max_body_bytes, self.state.limits.read_timeout
         too_large = APIError(413, f"the request body is over this server's limit of {limit} bytes "
-                                  "(--max-body-bytes); send a shorter prompt", code="request_too_large")
+                                  f"({flag('max_body_bytes')}); send a shorter prompt", code="request_too_large")
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             raise too_large
-        deadline = time.monotonic() + BODY_READ_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         chunks, size = [], 0
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
-                raise APIError(408, f"the request body did not arrive within {BODY_READ_TIMEOUT_S:.0f} s",
+                raise APIError(408, f"the request body did not arrive within {timeout:g} s ({flag('read_timeout')})",
                                code="request_timeout") from None
             if message["type"] == "http.disconnect":
                 return None
@@ -258,13 +263,16 @@ def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
     async def tokenizer_info(model: str | None = None) -> dict:
         return tokenize.tokenizer_info(state.model(model))
 
+    # long texts and token lists: off the event loop, so that /health and streams go on
     @app.post("/tokenize")
     async def tokenize_text(request: Request) -> dict:
-        return tokenize.tokenize(state, await handlers.parse(tokenize.TokenizeRequest, request))
+        return await run_in_threadpool(tokenize.tokenize, state,
+                                       await handlers.parse(tokenize.TokenizeRequest, request))
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict:
-        return tokenize.detokenize(state, await handlers.parse(tokenize.DetokenizeRequest, request))
+        return await run_in_threadpool(tokenize.detokenize, state,
+                                       await handlers.parse(tokenize.DetokenizeRequest, request))
 
 
 def _add_service_routes(app: FastAPI, state: ServerState) -> None:

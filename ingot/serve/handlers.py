@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ingot.errors import RequestError
+from ingot.serve.admission import slots_of
 from ingot.serve.errors import APIError, bad_request, from_request_error, from_validation_error
 from ingot.serve.formats import ChatFormat, CompletionFormat, usage
 from ingot.serve.generation import Job, collect, stream_outputs
@@ -38,7 +39,8 @@ async def completions(state, request: Request) -> Response:
     req: CompletionRequest = await parse(CompletionRequest, request)
     served = state.model(req.model)
     llm = served.llm
-    req.check_supported()
+    req.check_supported(state.limits)
+    slots_of(request).hold(len(req.prompts()), "prompt")  # each prompt is a request in the engine
     params = _params(llm, req, req.max_tokens, req.logprobs, req.prompt_logprobs)
     tokenizer = llm.tokenizer
 
@@ -63,7 +65,7 @@ async def chat_completions(state, request: Request) -> Response:
     req: ChatCompletionRequest = await parse(ChatCompletionRequest, request)
     served = state.model(req.model)
     llm = served.llm
-    req.check_supported()
+    req.check_supported(state.limits)
     tokenizer = llm.tokenizer
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else \
         json.dumps(tokenizer.chat_template or "")

@@ -151,7 +151,7 @@ class ServerMetrics:
         # No `_created` series (a creation timestamp per counter): the exposition keeps the samples it
         # had before prometheus_client. The switch is process-wide; a server process has one of these.
         disable_created_metrics()
-        self.in_flight = 0  # generation requests being served, read and written by the Gate
+        self.in_flight = 0  # prompts being served (admission.py: one per prompt of a request)
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter("ingot_http_requests", "HTTP requests answered, by route and status code.",
                                      ("route", "status"), registry=registry)
@@ -164,7 +164,7 @@ class ServerMetrics:
                               registry=registry)
         self.e2e = Histogram("ingot_e2e_request_latency_seconds", "Time from request arrival to its last token.",
                              buckets=E2E_BUCKETS, registry=registry)
-        Gauge("ingot_requests_in_flight", "HTTP generation requests being served now.",
+        Gauge("ingot_requests_in_flight", "Prompts being served now, one per prompt of each request (--max-queue).",
               registry=registry).set_function(lambda: self.in_flight)
         self._add_triton(registry)
         self._engine = _EngineCollector()

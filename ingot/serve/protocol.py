@@ -12,17 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingot.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
-                                   REPETITION_PENALTY_RANGE, SamplingParams)
+from ingot.sampling_params import MAX_STOP_TOKEN_IDS, REPETITION_PENALTY_RANGE, SamplingParams
 from ingot.serve.errors import bad_request
+from ingot.serve.limits import ServeLimits, flag
 from ingot.serve.structured_fields import structured_output
 from ingot.structured import StructuredOutput
 
 MAX_N = 128
-# A request's prompts and samples each become a sequence in the engine: bounded per request, so
-# that one request cannot queue thousands of sequences ahead of everyone (vLLM has no cap).
-MAX_PROMPTS = 64
-MAX_SEQUENCES = 256  # n x prompts
 MAX_TOP_LOGPROBS = 20
 SEED_LIMIT = 2**62  # torch seeds are 64-bit; sample i of n uses seed + i * stride, which must fit too
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -76,18 +72,23 @@ class _SamplingFields(_Strict):
     @field_validator("stop")
     @classmethod
     def _stops_not_empty(cls, stop):
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if any(not s for s in stops):
+        if any(not s for s in _as_list(stop)):
             raise ValueError("stop strings must be non-empty")
-        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_STRING_CHARS for s in stops):
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_STRING_CHARS} characters")
         return stop
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def check_supported(self) -> None:
+    def check_supported(self, limits: ServeLimits) -> None:
+        stops = _as_list(self.stop)
+        if len(stops) > limits.max_stop_strings:
+            raise bad_request(f"{len(stops)} stop strings, over this server's limit of {limits.max_stop_strings} "
+                              f"({flag('max_stop_strings')}); send fewer", "stop")
+        longest = max(map(len, stops), default=0)
+        if longest > limits.max_stop_string_chars:
+            raise bad_request(f"a stop string of {longest} characters, over this server's limit of "
+                              f"{limits.max_stop_string_chars} ({flag('max_stop_string_chars')}); shorten it", "stop")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported by ingot", "logit_bias")
         if self.stream_options is not None and not self.stream:
@@ -125,15 +126,17 @@ class CompletionRequest(_SamplingFields):
                              "or a list of non-empty lists of token ids")
         return prompt
 
-    def check_supported(self) -> None:
-        super().check_supported()
-        prompts = len(self.prompts())
-        if prompts > MAX_PROMPTS:
-            raise bad_request(f"{prompts} prompts in one request, over the limit of {MAX_PROMPTS}; send them in "
-                              "several requests", "prompt")
-        if prompts * self.n > MAX_SEQUENCES:
-            raise bad_request(f"n={self.n} samples of {prompts} prompts make {prompts * self.n} sequences, over "
-                              f"the limit of {MAX_SEQUENCES} per request; lower n or send fewer prompts", "n")
+    def check_supported(self, limits: ServeLimits) -> None:
+        super().check_supported(limits)
+        prompts, most = len(self.prompts()), limits.max_prompts_per_request
+        if prompts > most:
+            raise bad_request(f"{prompts} prompts in one request, over this server's limit of {most} "
+                              f"({flag('max_prompts_per_request')}); send them in several requests", "prompt")
+        sequences, most = prompts * self.n, limits.max_sequences_per_request
+        if sequences > most:
+            raise bad_request(f"n={self.n} samples of {prompts} prompts make {sequences} sequences, over this "
+                              f"server's limit of {most} per request ({flag('max_sequences_per_request')}); "
+                              "lower n or send fewer prompts", "n")
         if self.suffix:
             raise bad_request("suffix (insertion) is not supported by ingot", "suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -183,8 +186,8 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: str | dict | None = None  # "auto" (default with tools), "none", "required", or a named function
     parallel_tool_calls: bool = True
 
-    def check_supported(self) -> None:
-        super().check_supported()
+    def check_supported(self, limits: ServeLimits) -> None:
+        super().check_supported(limits)
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
 
@@ -195,6 +198,10 @@ class ChatCompletionRequest(_SamplingFields):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def _as_list(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else stop or []
 
 
 def _is_int(x) -> bool:

@@ -18,11 +18,14 @@ reports why and stops the server the same way, and the process exits with status
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from ingot.serve.limits import ServeLimits
 
 WATCHDOG_INTERVAL_S = 0.5
 DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced cancellation
@@ -31,7 +34,7 @@ DRAIN_MARGIN_S = 5.0  # between aborting what still runs and uvicorn's forced ca
 def serve(engine_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_queue: int | None = None, device: str | None = None,
           log_level: str = "info", shutdown_timeout: float = 5.0, draft_engine: str | Path | None = None,
-          max_body_bytes: int | None = None, metrics_public: bool = False, engine_in_process: bool = False,
+          limits: ServeLimits | None = None, metrics_public: bool = False, engine_in_process: bool = False,
           grpc_port: int | None = None, model_repository: str | Path | None = None,
           gpu_memory_fraction: float = 0.9, kv=None) -> int:
     """Serve engine_dir as one model (named served_model_name, else its folder), or every model of
@@ -40,6 +43,7 @@ def serve(engine_dir: str | Path | None, host: str = "127.0.0.1", port: int = 80
     import uvicorn
 
     from ingot.serve.app import ServerState, build_app
+    from ingot.serve.http_protocol import GuardedH11Protocol
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     models = _registry(engine_dir, served_model_name, device, draft_engine, engine_in_process, model_repository,
@@ -47,11 +51,14 @@ def serve(engine_dir: str | Path | None, host: str = "127.0.0.1", port: int = 80
     failed = threading.Event()
     try:
         models.start()
-        limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
-        state = ServerState(models, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public, **limits)
+        limits = limits or ServeLimits()
+        state = ServerState(models, api_key=api_key, max_queue=max_queue, metrics_public=metrics_public,
+                            limits=limits)
         app = build_app(state)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                timeout_graceful_shutdown=shutdown_timeout + DRAIN_MARGIN_S)
+                                timeout_graceful_shutdown=shutdown_timeout + DRAIN_MARGIN_S,
+                                http=functools.partial(GuardedH11Protocol, limits=limits),
+                                h11_max_incomplete_event_size=limits.max_header_bytes)
         grpc_at = "" if grpc_port is None else f", gRPC (KServe v2) on {host}:{grpc_port}"
         names = ", ".join(f"'{m.key}'" for m in models.loaded())
         print(f"ingot serve: {names} on http://{host}:{port}/v1 and /v2{grpc_at} (Ctrl-C to stop)",

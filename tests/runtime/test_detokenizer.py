@@ -1,4 +1,4 @@
-"""IncrementalDetokenizer and stop-string helpers, on a byte-level BPE and a SentencePiece-style
+"""IncrementalDetokenizer, on a byte-level BPE and a SentencePiece-style
 (Metaspace + byte fallback) tokenizer built here."""
 
 import json
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ingot.runtime.detokenizer import IncrementalDetokenizer, find_stop_string, hold_back_len
+from ingot.runtime.detokenizer import IncrementalDetokenizer
 from ingot.tokenizer import Tokenizer
 
 CORPUS = ["Hello world! The quick brown fox jumps over the lazy dog.", "héllo café naïve 中文",
@@ -139,49 +139,3 @@ def test_window_stays_short(tok):
         detok.add([i])
     assert detok.text == tok.decode(ids)
     assert max(calls) <= 8  # a few tokens per decode, however long the output
-
-
-def test_find_stop_string_cases():
-    assert find_stop_string("hello STOP there", ["STOP"], 0) == (6, "STOP")
-    assert find_stop_string("hello STOP", ["STOP"], 8) == (6, "STOP")  # spans the last two deltas
-    assert find_stop_string("STOP and more", ["STOP"], 5) is None  # ended before this delta: seen before
-    assert find_stop_string("xabc", ["xabc", "ab"], 0) == (1, "ab")  # "ab" completes first
-    assert find_stop_string("abc", ["ab", "abc", "a"], 0) == (0, "a")
-    assert find_stop_string("xyz", [], 0) is None
-
-
-def test_hold_back_len_cases():
-    assert hold_back_len("hello ST", ["STOP"]) == 2
-    assert hold_back_len("hello S", ["STOP", "Sx"]) == 1
-    assert hold_back_len("hello", ["STOP"]) == 0
-    assert hold_back_len("aaa", ["aaab"]) == 3
-    assert hold_back_len("STOP", ["STOP"]) == 0  # a whole stop is find_stop_string's business
-    assert hold_back_len("", ["STOP"]) == 0
-
-
-@settings(max_examples=300, deadline=None)
-@given(text=st.text("abc", max_size=30), stops=st.lists(st.text("abc", min_size=1, max_size=4), min_size=1,
-       max_size=3), cuts=st.lists(st.integers(1, 5), max_size=30))
-def test_streamed_stop_detection_matches_whole_text(text, stops, cuts):
-    """Feeding text in any chunks finds the same stop as scanning the whole text at once, and the
-    streamed (not held back) part never reaches into that stop."""
-    whole = find_stop_string(text, stops, 0)
-    seen, found = 0, None
-    for end in [*_positions(cuts, len(text)), len(text)]:
-        found = find_stop_string(text[:end], stops, seen)
-        if found:
-            break
-        emitted = end - hold_back_len(text[:end], stops)
-        if whole:
-            assert emitted <= whole[0]
-        seen = end
-    assert found == whole
-
-
-def _positions(cuts, n):
-    pos = 0
-    for c in cuts:
-        pos += c
-        if pos >= n:
-            return
-        yield pos

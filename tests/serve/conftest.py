@@ -18,6 +18,8 @@ API_KEY = "test-key"
 MAX_INPUT_LEN = 64
 MAX_SEQ_LEN = 4096
 STARTUP_TIMEOUT_S = 120
+GUARDED_LIMITS = {"--max-body-bytes": 65536, "--max-header-bytes": 16384, "--max-prompts-per-request": 2,
+                  "--max-sequences-per-request": 8, "--max-stop-strings": 4, "--max-stop-string-chars": 64}
 
 
 @dataclass
@@ -139,11 +141,12 @@ def server(serve_engine, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def guarded_server(serve_engine, tmp_path_factory):
-    """With --api-key, a queue of 2, bodies of at most 64 KiB, and gRPC (KServe v2) at srv.grpc_url."""
+    """With --api-key, a queue of 2, caps lower than the defaults (GUARDED_LIMITS), and gRPC (KServe v2)
+    at srv.grpc_url."""
     grpc_port = free_port()
+    limits = [arg for name, value in GUARDED_LIMITS.items() for arg in (name, str(value))]
     srv = start_server(serve_engine, tmp_path_factory.mktemp("logs") / "guarded.log",
-                       "--api-key", API_KEY, "--max-queue", "2", "--max-body-bytes", "65536",
-                       "--grpc-port", str(grpc_port))
+                       "--api-key", API_KEY, "--max-queue", "2", *limits, "--grpc-port", str(grpc_port))
     srv.grpc_url = f"127.0.0.1:{grpc_port}"
     yield srv
     assert srv.stop(signal.SIGINT) == 0, srv.log.read_text()

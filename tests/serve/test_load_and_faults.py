@@ -145,11 +145,60 @@ def test_bodies_over_the_limit_are_413(guarded_server):
     big = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
     declared = httpx.post(f"{guarded_server.url}/v1/completions", json=big, headers=headers, timeout=30)
     assert declared.status_code == 413 and "65536 bytes" in declared.json()["error"]["message"]
+    tokenize = httpx.post(f"{guarded_server.url}/tokenize", json=big, headers=headers, timeout=30)
+    assert tokenize.status_code == 413, "every POST body is bounded, not only generation's"
     chunks = (b"x" * 8192 for _ in range(10))  # no Content-Length: chunked, counted as it arrives
     streamed = httpx.post(f"{guarded_server.url}/v1/completions", content=chunks, headers=headers, timeout=30)
     assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
     out = guarded_server.client().completions.create(model="tiny", prompt="still serving", max_tokens=2)
     assert out.usage.completion_tokens == 2
+
+
+def test_a_huge_header_is_a_431_not_a_reset(server, guarded_server):
+    """Issue 21: a 1 MB header reset the connection. --max-header-bytes moves the limit (32 KiB by
+    default, 16 KiB on the guarded server)."""
+    big = httpx.get(f"{server.url}/health", headers={"X-Big": "a" * 1_000_000}, timeout=30)
+    assert big.status_code == 431 and big.json()["error"]["code"] == "request_header_fields_too_large"
+    medium = {"X-Big": "a" * 20_000}
+    assert httpx.get(f"{server.url}/health", headers=medium, timeout=30).status_code == 200
+    refused = httpx.get(f"{guarded_server.url}/health", headers=medium, timeout=30)
+    assert refused.status_code == 431 and "limit of 16384 (--max-header-bytes)" in refused.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_each_prompt_takes_a_queue_slot(guarded_server):
+    """Issue 21: a request of 500 prompts took one --max-queue slot. With a queue of 2 and one stream
+    open, two prompts do not fit (429) until it ends."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    two = {"model": "tiny", "prompt": ["a", "b"], "max_tokens": 2}
+    client, streams = _open_streams(guarded_server, 1, headers=headers)
+    try:
+        full = httpx.post(f"{guarded_server.url}/v1/completions", json=two, headers=headers, timeout=30)
+        assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        one = httpx.post(f"{guarded_server.url}/v1/completions", json={**two, "prompt": "a"}, headers=headers,
+                         timeout=30)
+        assert one.status_code == 200
+    finally:
+        _close(client, streams)
+    _wait_for(guarded_server, lambda m: m["ingot_requests_in_flight"] == 0)
+    room = httpx.post(f"{guarded_server.url}/v1/completions", json=two, headers=headers, timeout=30)
+    assert room.status_code == 200 and len(room.json()["choices"]) == 2
+
+
+@pytest.mark.parametrize(("change", "param", "flag"), [
+    ({"stop": ["s1", "s2", "s3", "s4", "s5"]}, "stop", "--max-stop-strings"),
+    ({"stop": "s" * 65}, "stop", "--max-stop-string-chars"),
+    ({"prompt": ["a", "b", "c"]}, "prompt", "--max-prompts-per-request"),
+    ({"prompt": ["a", "b"], "n": 5}, "n", "--max-sequences-per-request"),
+])
+def test_caps_are_set_by_flags(server, guarded_server, change, param, flag):
+    """The same request passes the default caps and is refused under the guarded server's lower ones."""
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 1, **change}
+    assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=30).status_code == 200
+    refused = httpx.post(f"{guarded_server.url}/v1/completions", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {API_KEY}"})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["param"] == param and f"({flag})" in error["message"], error
 
 
 def test_a_huge_prompt_does_not_freeze_the_server(server):
