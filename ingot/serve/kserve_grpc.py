@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ingot.serve import kserve_model as model
+from ingot.serve.admission import QueueSlots
 from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, from_binary, serialize_bytes
 
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -115,15 +116,9 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         await self._authorize(context)
         try:
-            self._admit()
-        except KServeError as exc:
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-        try:
             responses = [r async for r in self._run(request, streaming=False)]
         except KServeError as exc:
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-        finally:
-            self.state.metrics.in_flight -= 1
         return responses[-1]
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -133,17 +128,11 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def serve_one(request) -> None:
             try:
-                self._admit()
-            except KServeError as exc:
-                return queue.put_nowait(service_pb2.ModelStreamInferResponse(error_message=exc.message))
-            try:
                 async with aclosing(self._run(request, streaming=True)) as responses:
                     async for response in responses:
                         queue.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
             except KServeError as exc:
                 queue.put_nowait(service_pb2.ModelStreamInferResponse(error_message=exc.message))
-            finally:
-                self.state.metrics.in_flight -= 1
 
         async def read() -> None:
             async for request in request_iterator:
@@ -169,6 +158,8 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.state.draining:
             raise KServeError(503, "the server is shutting down; send the request to another replica")
         rows = model.rows_from_inputs(_inputs(request))
+        slots = QueueSlots(self.state)  # released below, however the request ends
+        model.admit_rows(self.state, slots, rows)
         inference, error = model.Inference(self.state, served, len(rows)), None
         request_id = f"grpc-{next(_ids)}"
         empty_final = request.parameters[EMPTY_FINAL].bool_param if EMPTY_FINAL in request.parameters else False
@@ -189,6 +180,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             inference.done(error)
+            slots.release()
 
     def _response(self, served, request, texts: list[str] | None, final: bool):
         response = service_pb2.ModelInferResponse(model_name=served.name, model_version=served.version,
@@ -202,13 +194,6 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(texts), 1])
                 response.raw_output_contents.append(serialize_bytes([t.encode("utf-8") for t in texts]))
         return response
-
-    def _admit(self) -> None:
-        """Count the request in flight, or refuse it at --max-queue (as the HTTP Gate does)."""
-        metrics, limit = self.state.metrics, self.state.max_queue
-        if limit is not None and metrics.in_flight >= limit:
-            raise KServeError(429, f"the server is at its limit of {limit} requests in flight (--max-queue)")
-        metrics.in_flight += 1
 
     async def _resolve(self, context, name: str, version: str):
         await self._authorize(context)

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from ingot.serve import kserve_model as model
+from ingot.serve.admission import slots_of
 from ingot.serve.handlers import EventStream
 from ingot.serve.kserve_tensors import HEADER_LENGTH, KServeError, bad, decode_request, encode_response
 
@@ -127,6 +128,7 @@ async def _json_object(request: Request) -> dict:
 async def _infer(state, served, request: Request) -> Response:
     infer = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
     rows = model.rows_from_inputs(infer.inputs)
+    model.admit_rows(state, slots_of(request), rows)
     inference = model.Inference(state, served, len(rows))
     error = None
     try:
@@ -164,6 +166,7 @@ async def _json_rows(request: Request) -> tuple[dict, list[model.Row]]:
 
 async def _generate(state, served, request: Request) -> Response:
     body, rows = await _json_rows(request)
+    model.admit_rows(state, slots_of(request), rows)
     inference = model.Inference(state, served, len(rows))
     error = None
     try:

@@ -30,9 +30,11 @@ import numpy as np
 import ingot
 from ingot.errors import RequestError
 from ingot.sampling_params import SamplingParams
+from ingot.serve.admission import QueueSlots
 from ingot.serve.errors import APIError
 from ingot.serve.generation import Job, stream_outputs
 from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, datatype_of
+from ingot.serve.limits import flag
 
 # name -> (datatype, dims without the batch dimension, required)
 INPUTS = {
@@ -190,6 +192,19 @@ def _row(text: str, i: int, batch: int, inputs: dict) -> Row:
     except RequestError as exc:
         raise bad(str(exc).replace("SamplingParams.", "input ")) from None
     return Row(text, params, bool(_scalar(inputs, "stream", i, batch, False)))
+
+
+def admit_rows(state, slots: QueueSlots, rows: list[Row]) -> None:
+    """Each row is a prompt, a request in the engine: at most --max-prompts-per-request of them, each
+    holding a --max-queue slot (admission.py), as the prompts of /v1/completions do."""
+    most = state.limits.max_prompts_per_request
+    if len(rows) > most:
+        raise bad(f"{len(rows)} rows of 'text_input' in one request, over this server's limit of {most} "
+                  f"({flag('max_prompts_per_request')}); send them in several requests")
+    try:
+        slots.hold(len(rows))
+    except APIError as exc:
+        raise KServeError(exc.status, exc.message) from None
 
 
 def rows_from_json(body: dict) -> list[Row]:

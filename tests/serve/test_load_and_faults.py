@@ -171,10 +171,13 @@ def test_each_prompt_takes_a_queue_slot(guarded_server):
     open, two prompts do not fit (429) until it ends."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     two = {"model": "tiny", "prompt": ["a", "b"], "max_tokens": 2}
+    two_rows = {"text_input": ["a", "b"], "max_tokens": 2}  # KServe's batch rows are prompts too
+    v2 = f"{guarded_server.url}/v2/models/tiny/generate"
     client, streams = _open_streams(guarded_server, 1, headers=headers)
     try:
         full = httpx.post(f"{guarded_server.url}/v1/completions", json=two, headers=headers, timeout=30)
         assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        assert httpx.post(v2, json=two_rows, headers=headers, timeout=30).status_code == 429
         one = httpx.post(f"{guarded_server.url}/v1/completions", json={**two, "prompt": "a"}, headers=headers,
                          timeout=30)
         assert one.status_code == 200
@@ -183,6 +186,9 @@ def test_each_prompt_takes_a_queue_slot(guarded_server):
     _wait_for(guarded_server, lambda m: m["ingot_requests_in_flight"] == 0)
     room = httpx.post(f"{guarded_server.url}/v1/completions", json=two, headers=headers, timeout=30)
     assert room.status_code == 200 and len(room.json()["choices"]) == 2
+    assert len(httpx.post(v2, json=two_rows, headers=headers, timeout=30).json()["text_output"]) == 2
+    over = httpx.post(v2, json={**two_rows, "text_input": ["a", "b", "c"]}, headers=headers, timeout=30)
+    assert over.status_code == 400 and "(--max-prompts-per-request)" in over.json()["error"]
 
 
 @pytest.mark.parametrize(("change", "param", "flag"), [
