@@ -273,4 +273,21 @@ class ModelRegistry:
 def _stop_engines(llms: list) -> None:
     with ThreadPoolExecutor(max_workers=max(len(llms), 1)) as pool:
         list(pool.map(lambda llm: llm.shutdown(), llms))
-    gc.collect()  # an engine on a thread of this process is held in reference cycles: free its memory now
+    if any(getattr(llm, "core_pid", None) is None for llm in llms):
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """An engine on a thread of this process (--engine-in-process) leaves its memory to this process's
+    allocators: free its reference cycles, then hand the freed pages back to the device and the OS."""
+    import ctypes
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap pages resident otherwise
+    except (OSError, AttributeError):  # not glibc: the pages stay with the allocator, for the next load
+        pass

@@ -66,12 +66,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(engine_dir: Path, log: Path, *extra: str, model: str = "tiny") -> Server:
+def start_server(engine_dir: Path | None, log: Path, *extra: str, model: str = "tiny") -> Server:
+    """engine_dir None: the models come from extra (--model-repository DIR)."""
     port = free_port()
     # One torch thread: the tiny model gains nothing from more, and CI has two cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "ingot.cli", "serve", str(engine_dir), "--port", str(port),
-           "--served-model-name", model, "--log-level", "warning", *extra]
+    target = [] if engine_dir is None else [str(engine_dir), "--served-model-name", model]
+    cmd = [sys.executable, "-m", "ingot.cli", "serve", *target, "--port", str(port), "--log-level", "warning",
+           *extra]
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     server = Server(process, f"http://127.0.0.1:{port}", engine_dir, log, model)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
