@@ -36,3 +36,27 @@ def test_keys_are_compared_as_utf8_bytes(key):
         assert not gate._authorized(scope(b"Bearer " + key.encode("latin-1", "replace")))
     assert not gate._authorized(scope(b"Bearer wrong"))
     assert not gate._authorized({"headers": []})
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_metrics_need_the_key_unless_metrics_public(public):
+    import asyncio
+
+    async def app(scope, receive, send):  # stands for /metrics: reached only past the key check
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def status(path: str) -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+        gate = Gate(app, ServerState(models=None, api_key="k", metrics_public=public))
+        asyncio.run(gate({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send))
+        return sent[0]["status"]
+
+    assert status("/metrics") == (200 if public else 401)
+    assert status("/v1/models") == 401, "--metrics-public opens /metrics only"
