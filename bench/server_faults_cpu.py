@@ -2,10 +2,14 @@
 
     python bench/server_faults_cpu.py --out bench/results [--engine smollm2] [--requests 5000]
 
-Records: bad inputs tried and how they were answered (4xx / 500 / hang), the worst /health latency
-while a 7 MB prompt is processed and while a 10 MB body is refused, the server's RSS growth per
-1,000 requests over N mixed requests (after every KV block has been written once: see
-touch_kv_pool), and the seconds from SIGTERM to exit with 20 open streams.
+Records: bad inputs tried and how they were answered (4xx / 5xx / hang / connection reset), raw
+ones included (a 1 MB header, a head and a body that stall, bodies over the limit); the worst
+/health latency while a 10 MB prompt is processed (the server takes bodies up to 16 MiB here, so
+the prompt is tokenized, not refused) and while a 20 MB body is refused; engine throughput of one
+request with and without the most stop strings the default caps allow; the RSS growth of the server
+and its engine-core process per 1,000 requests over N mixed requests (after every KV block has been
+written once: see touch_kv_pool); and the seconds from SIGTERM to exit with 20 open streams.
+The server runs with --read-timeout 5 so that the stalled cases answer within seconds.
 Writes DATE-cpu-server-faults.json.
 """
 
@@ -28,6 +32,7 @@ from benchlib import record_header, write_record
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+FLAGS = ["--max-queue", "64", "--max-body-bytes", str(16 << 20), "--read-timeout", "5"]
 
 
 def start(engine: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -36,7 +41,7 @@ def start(engine: str, log: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {**os.environ, "INGOT_API_KEY": KEY}
     process = subprocess.Popen([sys.executable, "-m", "ingot.cli", "serve", engine, "--port", str(port),
-                                "--served-model-name", "m", "--max-queue", "64", "--log-level", "warning"],
+                                "--served-model-name", "m", *FLAGS, "--log-level", "warning"],
                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -73,17 +78,50 @@ def bad_bodies() -> list[tuple[str, bytes]]:
     return bodies
 
 
+def raw_requests() -> list[tuple[str, bytes]]:
+    """(name, bytes sent as they are): what a JSON client cannot send."""
+    auth = f"Authorization: Bearer {KEY}\r\n".encode()
+    post = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth
+    kserve_rows = json.dumps({"text_input": ["hi"] * 500, "max_tokens": 1}).encode()
+    return [("1 MB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"),
+            ("head that stalls", post + b"Content-Type: application/json\r\n"),
+            ("body that stalls", post + b"Content-Length: 100\r\n\r\n{"),
+            ("20 MB body to /tokenize", b"POST /tokenize HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Content-Length: 20000000\r\n\r\n" + b"x" * 20_000_000),
+            ("KServe generate with 500 rows", b"POST /v2/models/m/generate HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Content-Length: %d\r\n\r\n%s" % (len(kserve_rows), kserve_rows))]
+
+
+def raw_status(url: str, payload: bytes) -> str:
+    """The status code answered to payload, or "hangs" (nothing in 60 s), or "resets"."""
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(payload)
+            answer = sock.recv(4096)
+    except TimeoutError:
+        return "hangs"
+    except ConnectionError:
+        return "resets"
+    return answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/1.1 ") else "resets"
+
+
 def try_bad_inputs(url: str) -> dict:
-    counts = {"tried": 0, "4xx": 0, "5xx": 0, "2xx": 0, "hangs": 0}
+    counts = {"tried": 0, "4xx": 0, "5xx": 0, "2xx": 0, "hangs": 0, "resets": 0}
+    statuses = []
     for route, body in bad_bodies():
-        counts["tried"] += 1
         try:
-            status = httpx.post(f"{url}/v1/{route}", content=body, timeout=60,
-                                headers={**AUTH, "content-type": "application/json"}).status_code
-            counts[f"{status // 100}xx"] = counts.get(f"{status // 100}xx", 0) + 1
+            status = str(httpx.post(f"{url}/v1/{route}", content=body, timeout=60,
+                                    headers={**AUTH, "content-type": "application/json"}).status_code)
         except httpx.TimeoutException:
-            counts["hangs"] += 1
-    return counts
+            status = "hangs"
+        statuses.append(status)
+    raw = {name: raw_status(url, payload) for name, payload in raw_requests()}
+    for status in statuses + list(raw.values()):
+        counts["tried"] += 1
+        key = f"{status[0]}xx" if status.isdigit() else status
+        counts[key] = counts.get(key, 0) + 1
+    return {**counts, "raw": raw}
 
 
 def health_during(url: str, body: dict) -> dict:
@@ -112,6 +150,16 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants: the server and its engine-core process."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [p for child in children for p in process_tree(int(child))]
+
+
+def rss_of_tree(pid: int) -> dict[int, int]:
+    return {p: rss_bytes(p) for p in process_tree(pid)}
+
+
 def touch_kv_pool(client: httpx.Client, rng: random.Random) -> int:
     """The KV pool is allocated uninitialised: its pages enter RSS as blocks are first written, which
     allocation order spreads over the whole pool. Distinct ~830-token prompts (no prefix reuse)
@@ -135,7 +183,7 @@ def rss_growth(url: str, pid: int, count: int) -> dict:
     samples = []
     for i in range(count + warm):
         if i == warm:
-            samples.append((i, rss_bytes(pid)))
+            samples.append(rss_of_tree(pid))
         kind = rng.random()
         if kind < 0.5:
             client.post("/v1/completions", json={"model": "m", "prompt": f"req {i}", "max_tokens": rng.randint(1, 8)})
@@ -149,12 +197,34 @@ def rss_growth(url: str, pid: int, count: int) -> dict:
                     break  # leave mid-stream
         else:
             client.post("/v1/completions", json={"model": "m", "prompt": "x", "temperature": -1})
-    samples.append((count + warm, rss_bytes(pid)))
+    samples.append(rss_of_tree(pid))
     client.close()
-    grown = samples[-1][1] - samples[0][1]
+    start, end = (sum(sample.values()) for sample in samples)
+    per_process = {("server" if p == pid else f"child {p}"): {
+        "rss_start_bytes": samples[0][p], "rss_end_bytes": samples[1].get(p, 0),
+        "rss_growth_bytes_per_1000": (samples[1].get(p, 0) - samples[0][p]) * 1000 / count} for p in samples[0]}
     return {"requests": count, "kv_pool_warmup_requests": pool_warmup, "after_warmup_requests": warm,
-            "rss_start_bytes": samples[0][1],
-            "rss_end_bytes": samples[-1][1], "rss_growth_bytes_per_1000": grown * 1000 / count}
+            "rss_start_bytes": start, "rss_end_bytes": end, "rss_growth_bytes_per_1000": (end - start) * 1000 / count,
+            "processes": per_process}
+
+
+def stop_string_cost(url: str) -> dict:
+    """Output tok/s of one request of 16 samples, without stop strings and with the most the default
+    caps allow (16 of 1,024 characters, never met): matching used to cost O(stop length) per token."""
+    stops = [chr(0x2500 + i) * 1024 for i in range(16)]
+
+    def tokens_per_s(extra: dict) -> float:
+        body = {"model": "m", "prompt": "Once upon a time", "max_tokens": 64, "n": 16, "ignore_eos": True,
+                "temperature": 1.0, "seed": 0, **extra}
+        started = time.monotonic()
+        response = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=600)
+        assert response.status_code == 200, response.text
+        return response.json()["usage"]["completion_tokens"] / (time.monotonic() - started)
+
+    tokens_per_s({})  # warm-up
+    plain, stopped = tokens_per_s({}), tokens_per_s({"stop": stops})
+    return {"samples": 16, "max_tokens": 64, "stop_strings": len(stops), "stop_string_chars": 1024,
+            "tok_s_without_stops": plain, "tok_s_with_stops": stopped}
 
 
 def sigterm_with_streams(process: subprocess.Popen, url: str, streams: int = 20) -> dict:
@@ -188,13 +258,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     process, url = start(args.engine, log)
     try:
-        record = {**header, "model": args.engine, "server": "ingot serve --max-queue 64 (INGOT_API_KEY)",
+        record = {**header, "model": args.engine, "server": f"ingot serve {' '.join(FLAGS)} (INGOT_API_KEY)",
                   "shutdown_timeout_s": 5.0,
                   "bad_inputs": try_bad_inputs(url),
-                  "health_during_7mb_prompt": health_during(url, {"model": "m", "prompt": "x" * 7_000_000,
-                                                                  "max_tokens": 1}),
-                  "health_during_10mb_body": health_during(url, {"model": "m", "prompt": "x" * 10_000_000,
+                  "health_during_10mb_prompt": health_during(url, {"model": "m", "prompt": "x" * 10_000_000,
+                                                                   "max_tokens": 1}),
+                  "health_during_20mb_body": health_during(url, {"model": "m", "prompt": "x" * 20_000_000,
                                                                  "max_tokens": 1}),
+                  "stop_strings": stop_string_cost(url),
                   "rss": rss_growth(url, process.pid, args.requests),
                   "sigterm": sigterm_with_streams(process, url)}
     finally:
