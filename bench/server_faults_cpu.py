@@ -10,7 +10,7 @@ request with and without the most stop strings the default caps allow; the RSS g
 and its engine-core process per 1,000 requests over N mixed requests (after every KV block has been
 written once: see touch_kv_pool); and the seconds from SIGTERM to exit with 20 open streams.
 The server runs with --read-timeout 5 so that the stalled cases answer within seconds.
-Writes DATE-cpu-server-faults.json.
+Writes DATE-cpu-server-faults[-TAG].json, never over an earlier record.
 """
 
 from __future__ import annotations
@@ -252,8 +252,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--engine", default="smollm2")
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--tag", default=None, help="DATE-cpu-server-faults-TAG.json: keeps a record of the day")
     args = parser.parse_args()
     header = record_header()
+    path = args.out / f"{header['date'][:10]}-cpu-server-faults{'-' + args.tag if args.tag else ''}.json"
+    if path.exists():
+        parser.error(f"{path} exists: records are kept; give another --tag")
     log = args.out / "server-faults.log"
     args.out.mkdir(parents=True, exist_ok=True)
     process, url = start(args.engine, log)
@@ -273,7 +277,7 @@ def main() -> int:
             process.kill()
     text = log.read_text()
     record["log_tracebacks"] = text.count("Traceback")
-    write_record(args.out / f"{header['date'][:10]}-cpu-server-faults.json", record)
+    write_record(path, record)
     return 0
 
 
