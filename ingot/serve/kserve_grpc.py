@@ -107,11 +107,10 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         await self._authorize(context)
         try:
-            model.check_repository_parameters(action, dict(parameters))
+            model.check_repository_action(self.state, action, dict(parameters))
             await getattr(self.state.models, action)(name)
         except (KServeError, ModelError) as exc:
-            code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, exc.message)
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
 
     async def ModelInfer(self, request, context):
         await self._authorize(context)

@@ -93,13 +93,13 @@ def _add_repository_routes(app: FastAPI, state) -> None:
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str, request: Request) -> Response:
-        model.check_repository_parameters("load", (await _json_object(request)).get("parameters") or {})
+        model.check_repository_action(state, "load", (await _json_object(request)).get("parameters") or {})
         await _repository_action(state.models.load(name))
         return JSONResponse({})
 
     @app.post("/v2/repository/models/{name}/unload")
     async def unload(name: str, request: Request) -> Response:
-        model.check_repository_parameters("unload", (await _json_object(request)).get("parameters") or {})
+        model.check_repository_action(state, "unload", (await _json_object(request)).get("parameters") or {})
         await _repository_action(state.models.unload(name))
         return JSONResponse({})
 

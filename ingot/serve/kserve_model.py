@@ -89,6 +89,13 @@ def server_metadata() -> dict:
             "extensions": ["binary_tensor_data", "generate", "model_configuration", "model_repository"]}
 
 
+def check_repository_action(state, action: str, parameters: dict) -> None:
+    """Refuse a load while the server drains (it would start an engine the shutdown then stops)."""
+    if action == "load" and state.draining:
+        raise KServeError(503, "the server is shutting down; load the model on another replica")
+    check_repository_parameters(action, parameters)
+
+
 def check_repository_parameters(action: str, parameters: dict) -> None:
     """Load takes none of Triton's overrides (a config or files sent with the request: ingot reads the
     model's folder); unload takes unload_dependents, which means nothing here (no ensembles)."""
