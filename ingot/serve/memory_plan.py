@@ -24,8 +24,9 @@ from ingot.serve.repository import KVRequest
 
 CUDA_CONTEXT_BYTES = 512 << 20  # each engine core process holds a CUDA context of its own (an estimate)
 DEFAULT_CPU_KV_BYTES = 1 << 30  # the engine's own CPU default (kv_sizing.DEFAULT_CPU_CACHE_BYTES)
-FIX = ("lower kv_cache_fraction / kv_cache_bytes (in DIR/NAME/model_config.json, or --kv-cache-fraction / "
-       "--kv-cache-bytes), serve fewer versions, or raise --gpu-memory-fraction")
+KV_FLAGS = ("kv_cache_fraction / kv_cache_bytes (in DIR/NAME/model_config.json, or --kv-cache-fraction / "
+            "--kv-cache-bytes)")
+FIX = f"lower {KV_FLAGS}, serve fewer versions, or raise --gpu-memory-fraction"
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,9 @@ def plan(demands: list[Demand], budget: DeviceBudget, held: list[Footprint]) -> 
         kv = min(asked[d.key], d.kv_max)
         if kv < d.kv_min:
             raise ConfigError(f"{d.key}: its KV cache would get {size(kv)} ({d.kv.describe()}), less than the "
-                              f"{size(d.kv_min)} one sequence of its max_seq_len needs; give it more memory, or "
-                              f"{FIX}")
+                              f"{size(d.kv_min)} one sequence of its max_seq_len needs; raise its {KV_FLAGS}, or "
+                              "leave it more memory (lower the others', serve fewer versions, or raise "
+                              "--gpu-memory-fraction)")
         footprints.append(Footprint(d.key, d.fixed_bytes, kv, d.ranks))
     need = sum(f.total_bytes for f in footprints)
     if need > free:
@@ -141,4 +143,6 @@ def _asked(d: Demand, budget: DeviceBudget) -> int | None:
 
 
 def size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
+    if abs(n) >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if abs(n) >= 2**20 else f"{n / 2**10:.1f} KiB"

@@ -65,6 +65,8 @@ class ServedModel:
     def resident_bytes(self) -> int | None:
         """Resident memory of its engine core process (Linux); None when the engine runs in this process."""
         pid = getattr(self.llm, "core_pid", None)
+        if pid is None:
+            return None
         try:
             with open(f"/proc/{pid}/statm") as statm:
                 return int(statm.read().split()[1]) * _PAGE
@@ -81,6 +83,8 @@ class ServedModel:
 
 
 class ModelRegistry:
+    """Every served engine by name and version, their states, and the load / unload that change them."""
+
     def __init__(self, source, start_engine: StartEngine, budget: DeviceBudget | None = None,
                  drain_s: float = 5.0) -> None:
         self.source = source  # repository.Repository or repository.SingleEngine
@@ -108,7 +112,8 @@ class ModelRegistry:
         if version in (None, ""):
             return versions[max(versions, key=int)]
         if version not in versions:
-            state, reason = self._status.get(name, {}).get(version, (UNAVAILABLE, "not in the repository"))
+            state, reason = self._status.get(name, {}).get(
+                version, (UNAVAILABLE, "no such version, or not selected by the model's version_policy"))
             raise ModelError(f"model '{name}' version {version} is not served ({state}: {reason}); loaded "
                              f"versions: {', '.join(sorted(versions, key=int))}")
         return versions[version]

@@ -85,7 +85,8 @@ def test_missing_repository_and_unknown_model(tmp_path):
     with pytest.raises(RepositoryError, match="no such directory; give the folder that holds one folder per model"):
         Repository(tmp_path / "nope")
     _model(tmp_path, "m")
-    with pytest.raises(RepositoryError, match=r"failed to load 'x': .* does not exist; the repository's models are \['m'\]"):
+    with pytest.raises(RepositoryError, match=r"failed to load 'x': .* does not exist; the repository's models "
+                                              r"are \['m'\]"):
         Repository(tmp_path).read("x")
     with pytest.raises(RepositoryError, match="serves only 'tiny'"):
         SingleEngine("tiny", tmp_path).read("x")
@@ -128,10 +129,11 @@ def test_plan_refuses_what_does_not_fit_naming_the_figures():
 
 
 def test_plan_refuses_a_kv_cache_smaller_than_one_sequence():
-    with pytest.raises(ConfigError, match=r"a/1: its KV cache would get 0\.5 MiB \(kv_cache_bytes 524288\), less "
-                                          r"than the 1\.0 MiB one sequence"):
+    with pytest.raises(ConfigError, match=r"a/1: its KV cache would get 512\.0 KiB \(kv_cache_bytes 524288\), less "
+                                          r"than the 1\.0 MiB one sequence of its max_seq_len needs; raise its "
+                                          "kv_cache_fraction / kv_cache_bytes"):
         plan([_demand("a/1", KVRequest(bytes=MiB // 2))], CUDA, held=[])
-    with pytest.raises(ConfigError, match="b/1: its KV cache would get 0.0 MiB \\(a default share\\)"):
+    with pytest.raises(ConfigError, match="b/1: its KV cache would get 0.0 KiB \\(a default share\\)"):
         plan([_demand("a/1", KVRequest(fraction=1.0)), _demand("b/1")], CUDA, held=[])
 
 
