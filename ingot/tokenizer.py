@@ -176,6 +176,20 @@ class Tokenizer:
             text = _clean_up_tokenization(text)
         return text
 
+    def decode_stream(self, context_ids: list[int], skip_special_tokens: bool = True):
+        """A tokenizers DecodeStream primed with `context_ids` (decoded as context, never emitted), or
+        None where decode() post-processes what the backend returns (the WordPiece-era clean-up):
+        the incremental detokenizer then re-decodes a window itself."""
+        if self.config.get("clean_up_tokenization_spaces") and type(self._tok.model).__name__ != "BPE":
+            return None
+        from tokenizers.decoders import DecodeStream
+
+        return DecodeStream(ids=list(context_ids), skip_special_tokens=skip_special_tokens)
+
+    def step_stream(self, stream, token_id: int) -> str | None:
+        """The text `token_id` completes in `stream` (None while a character is still split)."""
+        return stream.step(self._tok, token_id)
+
     def token_to_id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
 

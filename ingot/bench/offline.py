@@ -59,7 +59,19 @@ def register(sub) -> None:
         else:
             p.add_argument("--batch-size", type=int, default=1)
             p.add_argument("--repeats", type=int, default=3)
-        p.set_defaults(func=func)
+        p.set_defaults(func=_thawing(func))
+
+
+def _thawing(run):
+    """run(args), then unfreeze the heap open_engine froze (the command may run inside another program)."""
+    def wrapped(args: argparse.Namespace) -> int:
+        from ingot.runtime.gc_heap import unfreeze
+
+        try:
+            return run(args)
+        finally:
+            unfreeze()
+    return wrapped
 
 
 def _step_window(text: str) -> tuple[int, int]:
@@ -85,6 +97,7 @@ def make_workload(num: int, isl: int, osl: int, vocab: int, seed: int, random_le
 def open_engine(args):
     from ingot.config import CacheConfig, SchedulerConfig
     from ingot.runtime.engine import LLMEngine
+    from ingot.runtime.gc_heap import freeze_startup_heap
 
     if args.skip_verify:
         from ingot.envs import set_skip_verify
@@ -93,9 +106,11 @@ def open_engine(args):
     spec = read_engine_spec(args)
     cache = CacheConfig(gpu_memory_fraction=args.kv_fraction, max_cache_bytes=args.max_cache_bytes,
                         enable_prefix_caching=False)
-    return LLMEngine(args.engine, cache, device=args.device, attention_backend=args.attention_backend or "auto",
-                     scheduler_config=SchedulerConfig.for_engine(spec.build, args.policy),
-                     enforce_eager=args.enforce_eager, draft_engine=args.draft_engine)
+    engine = LLMEngine(args.engine, cache, device=args.device, attention_backend=args.attention_backend or "auto",
+                       scheduler_config=SchedulerConfig.for_engine(spec.build, args.policy),
+                       enforce_eager=args.enforce_eager, draft_engine=args.draft_engine)
+    freeze_startup_heap()  # as the serving engine core does (a like-for-like host cost per step); thawed on return
+    return engine
 
 
 def read_engine_spec(args):

@@ -207,6 +207,7 @@ def _core_main(conn: Connection) -> None:
                         force=True)
     from ingot.runtime.engine import LLMEngine
     from ingot.runtime.engine_core import EngineCore
+    from ingot.runtime.gc_heap import freeze_startup_heap
 
     try:
         engine = LLMEngine(Path(config.engine_dir), config.cache, device=config.device,
@@ -217,6 +218,7 @@ def _core_main(conn: Connection) -> None:
         _send(conn, ("failed", _picklable(exc)))
         return
     try:
+        freeze_startup_heap()
         _send(conn, ("ready", engine.stats))
         _serve(conn, EngineCore(engine))
     except (EOFError, BrokenPipeError, ConnectionResetError):

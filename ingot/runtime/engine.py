@@ -25,7 +25,7 @@ from ingot.errors import RequestError
 from ingot.layers.sampler import make_generator
 from ingot.engine_format import read_spec
 from ingot.parallel.launch import start_workers
-from ingot.runtime.detokenizer import IncrementalDetokenizer
+from ingot.runtime.detokenizer import incremental_detokenizer
 from ingot.runtime.kv_cache import BlockPool
 from ingot.runtime.kv_manager import KVCacheManager
 from ingot.runtime.model_runner import ModelRunner
@@ -154,7 +154,7 @@ class LLMEngine:
         if params.structured is not None:  # check_prompt_kind refused it without a tokenizer
             request.matcher = self.grammars.matcher(params.structured)
         if self.tokenizer is not None:
-            request.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
+            request.detokenizer = incremental_detokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
         return request
 
     def submit(self, request: Request) -> None:

@@ -48,7 +48,7 @@ class Request:
     # Positions below this were computed once and then dropped by a preemption: computing them
     # again is recompute (EngineStats.recomputed_tokens_total).
     recompute_until: int = 0
-    detokenizer: Any = None  # IncrementalDetokenizer, when the engine has a tokenizer
+    detokenizer: Any = None  # runtime/detokenizer.py's, when the engine has a tokenizer
     stop_matcher: Any = None  # StopMatcher over params.stop, made at the first token that is checked
     output_text: str = ""  # output text made visible so far (stop strings cut, possible stop prefixes held back)
     sample_index: int = 0  # which of the parent request's n samples this is

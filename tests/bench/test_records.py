@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_throughput_record_has_every_field_and_its_ratio_recomputes(tiny_engine,
     assert main(["bench", "throughput", str(tiny_engine), "--isl", "10", "--osl", "5", "--num-requests", "12",
                  "--random-lengths", "--json", str(out), "--device", "cpu", "--profile-dir", str(profile),
                  "--profile-steps", "2:3"]) == 0
+    assert gc.get_freeze_count() == 0, "the command thaws the heap it froze for the run"
     record = json.loads(out.read_text())
     timeline = record["steps_timeline"]
     assert timeline["decode_steps"] + timeline["prompt_steps"] == record["steps"]

@@ -1,5 +1,5 @@
-"""IncrementalDetokenizer, on a byte-level BPE and a SentencePiece-style
-(Metaspace + byte fallback) tokenizer built here."""
+"""The incremental detokenizers (the tokenizers DecodeStream one and the Python window), on a
+byte-level BPE and a SentencePiece-style (Metaspace + byte fallback) tokenizer built here."""
 
 import json
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ingot.runtime.detokenizer import IncrementalDetokenizer
+from ingot.runtime.detokenizer import StreamDetokenizer, WindowDetokenizer, incremental_detokenizer
 from ingot.tokenizer import Tokenizer
 
 CORPUS = ["Hello world! The quick brown fox jumps over the lazy dog.", "héllo café naïve 中文",
@@ -52,8 +52,19 @@ def tok(request):
     return TOKENIZERS[request.param]
 
 
+@pytest.fixture(params=["stream", "window"], autouse=True)
+def detokenizer(request, monkeypatch):
+    """Every test runs on both: what incremental_detokenizer picks for these tokenizers (the
+    DecodeStream one) and the Python window it falls back to."""
+    monkeypatch.setitem(MAKERS, "make", incremental_detokenizer if request.param == "stream" else WindowDetokenizer)
+    return request.param
+
+
+MAKERS = {"make": incremental_detokenizer}
+
+
 def stream(tok, prompt_ids, output_ids, chunks, skip=True):
-    detok = IncrementalDetokenizer(tok, prompt_ids, skip_special_tokens=skip)
+    detok = MAKERS["make"](tok, prompt_ids, skip_special_tokens=skip)
     deltas, i = [], 0
     for size in chunks:
         deltas.append(detok.add(output_ids[i:i + size]))
@@ -134,8 +145,13 @@ def test_window_stays_short(tok):
             return tok.decode(ids, skip_special_tokens)
 
     ids = tok.encode("The quick brown fox 中文 😀 jumps. " * 40, add_special_tokens=False)
-    detok = IncrementalDetokenizer(Counting(), [], True)
+    detok = incremental_detokenizer(Counting(), [], True)  # no decode_stream: the window
     for i in ids:
         detok.add([i])
     assert detok.text == tok.decode(ids)
     assert max(calls) <= 8  # a few tokens per decode, however long the output
+
+
+def test_a_tokenizers_backend_gets_the_stream(detokenizer):
+    for tok in TOKENIZERS.values():
+        assert isinstance(incremental_detokenizer(tok, [1, 2]), StreamDetokenizer)
