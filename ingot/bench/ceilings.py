@@ -1,7 +1,8 @@
 """The card's ceilings, measured in the benchmark's own process right before it runs.
 
-    copy_tbps      device-to-device copy of `copy_bytes` (>= 2 GiB on a GPU): (read + written
-                   bytes) / time, best of `repeats` after warm-up
+    copy_tbps      device-to-device copy of `copy_bytes` (2 GiB on a GPU; less beside a server that
+                   holds the memory, never under 256 MiB): (read + written bytes) / time, best of
+                   `repeats` after warm-up
     matmul_tflops  an n x n x n matmul (8192 on a GPU) in the engine's dtype: 2 n^3 / time, best of
                    `repeats` after warm-up
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-GPU_COPY_BYTES, CPU_COPY_BYTES = 2 << 30, 256 << 20
+GPU_COPY_BYTES, MIN_GPU_COPY_BYTES, CPU_COPY_BYTES = 2 << 30, 256 << 20, 256 << 20
 GPU_MATMUL_N, CPU_MATMUL_N = 8192, 1024
 
 
@@ -23,7 +24,7 @@ def measure_ceilings(device: str, dtype: str, repeats: int = 10) -> dict:
     from ingot.engine_format import torch_dtype
 
     on_gpu = device.startswith("cuda")
-    copy_bytes = GPU_COPY_BYTES if on_gpu else CPU_COPY_BYTES
+    copy_bytes = _gpu_copy_bytes(device) if on_gpu else CPU_COPY_BYTES
     n = GPU_MATMUL_N if on_gpu else CPU_MATMUL_N
     copy_s = _copy_seconds(copy_bytes, device, repeats)
     matmul_s = _matmul_seconds(n, torch_dtype(dtype), device, repeats)
@@ -31,6 +32,19 @@ def measure_ceilings(device: str, dtype: str, repeats: int = 10) -> dict:
         torch.cuda.empty_cache()
     return {"copy_tbps": round(2 * copy_bytes / copy_s / 1e12, 4), "copy_bytes": copy_bytes,
             "matmul_tflops": round(2 * n**3 / matmul_s / 1e12, 4), "matmul_n": n, "matmul_dtype": dtype}
+
+
+def _gpu_copy_bytes(device: str) -> int:
+    """2 GiB, halved while the source and destination would not fit in 80% of the free memory (a
+    client beside a running server shares the card): never below 256 MiB, still far past every
+    cache. The record says which size it used."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    size = GPU_COPY_BYTES
+    while size > MIN_GPU_COPY_BYTES and 2 * size > 0.8 * free:
+        size //= 2
+    return size
 
 
 def _copy_seconds(num_bytes: int, device: str, repeats: int) -> float:
