@@ -9,7 +9,9 @@ the prompt is tokenized, not refused) and while a 20 MB body is refused; engine 
 request with and without the most stop strings the default caps allow; the RSS growth of the server
 and its engine-core process per 1,000 requests over N mixed requests (after every KV block has been
 written once: see touch_kv_pool); and the seconds from SIGTERM to exit with 20 open streams.
-The server runs with --read-timeout 5 so that the stalled cases answer within seconds.
+The server runs with --read-timeout 5 so that the stalled cases answer within seconds. Run it with
+OMP_NUM_THREADS=1 on a shared machine: torch's spinning threads, two processes to two cores, made
+decode 40x slower.
 Writes DATE-cpu-server-faults[-TAG].json, never over an earlier record.
 """
 
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -258,7 +261,8 @@ def main() -> int:
     path = args.out / f"{header['date'][:10]}-cpu-server-faults{'-' + args.tag if args.tag else ''}.json"
     if path.exists():
         parser.error(f"{path} exists: records are kept; give another --tag")
-    log = args.out / "server-faults.log"
+    log = Path(tempfile.mkdtemp(prefix="server-faults-")) / "server.log"  # beside the records it would be kept
+    print(f"server log: {log}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     process, url = start(args.engine, log)
     try:
