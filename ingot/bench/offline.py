@@ -204,14 +204,24 @@ def run_latency(args: argparse.Namespace) -> int:
 
 
 def _warm_up(engine, isl: int) -> None:
-    """One request of the benchmark's prompt length: kernels for its prompt shape compile (and
-    tactics load) before the clock starts."""
+    """Before the clock starts, run a step of every prompt-chunk size the engine's GEMM tactics tell
+    apart above the decode graphs (2048, 4096, ... up to max_num_tokens tokens: each bucket may
+    pick another Triton kernel, JIT-compiled on first use; seconds each, which a first 128/128 run on
+    an H200 spent inside its clock), then one request of the benchmark's prompt length. Decode
+    shapes were compiled when the CUDA graphs were captured."""
+    from ingot.builder.tuning import token_buckets
     from ingot.sampling_params import SamplingParams
 
-    prompt = [(7 * i + 1) % engine.spec.model.vocab_size for i in range(min(isl, engine.spec.build.max_input_len))]
-    engine.add_request(prompt, SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
-    while engine.has_unfinished_requests():
-        engine.step()
+    build, vocab = engine.spec.build, engine.spec.model.vocab_size
+    graphs = max(build.cuda_graph_batch_sizes or (0,))
+    chunk_sizes = [n for n in token_buckets(build) if n > graphs] if engine.device.type == "cuda" else []
+    for step_tokens in [*chunk_sizes, min(isl, build.max_input_len)]:
+        length = min(isl, build.max_input_len, step_tokens)
+        for first in range(0, step_tokens, length):
+            prompt = [(7 * i + first + 1) % vocab for i in range(min(length, step_tokens - first))]
+            engine.add_request(prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+        while engine.has_unfinished_requests():
+            engine.step()
 
 
 def _runtime(engine, args) -> dict:
