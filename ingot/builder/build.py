@@ -150,7 +150,8 @@ def _quantize_context(spec: EngineSpec, staging: Path):
 
         samples = calib.text_samples(params["calib_data"], Tokenizer.from_dir(staging), size, seq_len)
     else:
-        raise ConfigError(f"--quant {spec.quant.method} calibrates on a text: pass --calib-data FILE "
+        what = f"--quant {spec.quant.method}" + (" --fp8-scaling per_tensor" if spec.quant.method == "fp8" else "")
+        raise ConfigError(f"{what} calibrates on a text: pass --calib-data FILE "
                           "(a few hundred kB of text like what the model will serve)")
     device = torch.device("cuda" if spec.target.kind == "cuda" else "cpu")
     return calib.QuantizeContext(spec, device, samples)

@@ -43,11 +43,17 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph-batch-sizes", type=_int_list, default=None,
                    help="comma-separated decode batch sizes to capture (default: 1,2,4,8,16,32,64,...)")
     p.add_argument("--quant", default="none", choices=list(build_choices()),
-                   help="store the block linear layers quantized (int4_*: 4-bit weights, 16-bit activations); "
+                   help="store the block linear layers quantized (int4_*: 4-bit weights, 16-bit activations; "
+                        "fp8: E4M3 weights and activations); "
                         "a checkpoint quantized already (AutoAWQ, GPTQ, compressed-tensors) is read as it is")
     p.add_argument("--group-size", type=int, default=None, help="int4: columns per scale (32, 64 or 128; default 128)")
     p.add_argument("--act-order", action="store_true", help="int4_gptq: quantize columns by decreasing activity")
-    p.add_argument("--calib-data", default=None, help="int4_awq / int4_gptq: a text file to calibrate on")
+    p.add_argument("--fp8-scaling", default=None, choices=["per_channel", "per_tensor"],
+                   help="--quant fp8: per_channel (default: a scale per output channel and per token, no "
+                        "calibration) or per_tensor (one weight scale per matrix, static activation scales "
+                        "calibrated on --calib-data)")
+    p.add_argument("--calib-data", default=None,
+                   help="int4_awq / int4_gptq / fp8 per_tensor: a text file to calibrate on")
     p.add_argument("--calib-size", type=int, default=None, help="calibration samples (default 128)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 512)")
     p.add_argument("--speculative", default=None, choices=list(SPECULATIVE_MODES),
@@ -63,7 +69,12 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _quant_params(args: argparse.Namespace) -> dict:
     """The --quant method's settings that were given (the method fills its defaults)."""
-    given = {"group_size": args.group_size, "act_order": args.act_order or None,
+    if args.fp8_scaling is not None and args.quant != "fp8":
+        from ingot.errors import ConfigError
+
+        raise ConfigError(f"--fp8-scaling {args.fp8_scaling} applies to --quant fp8 only (this build has --quant "
+                          f"{args.quant}): add --quant fp8 or drop --fp8-scaling")
+    given = {"group_size": args.group_size, "act_order": args.act_order or None, "scaling": args.fp8_scaling,
              "calib_data": str(Path(args.calib_data).resolve()) if args.calib_data else None,
              "calib_size": args.calib_size, "calib_seq_len": args.calib_seq_len}
     return {key: value for key, value in given.items() if value is not None}

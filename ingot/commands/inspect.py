@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**spec.to_json(), "rank_weights": files}, indent=2))
         return 0
-    for line in describe(spec, files):
+    for line in [*describe(spec, files), *describe_scales(Path(args.engine), spec)]:
         print(line)
     return 0
 
@@ -62,6 +62,23 @@ def describe(spec, files: dict[str, dict]) -> list[str]:
         f"weights from   {_describe_origin(spec)}",
         *describe_tactics(spec),
     ]
+
+
+def describe_scales(directory: Path, spec) -> list[str]:
+    """An FP8 engine's scales, as rank 0 stores them; nothing for other precisions."""
+    if spec.quant.method != "fp8":
+        return []
+    from safetensors import safe_open
+
+    from ingot.engine_format import rank_file
+    from ingot.quantization.fp8 import scale_lines
+
+    with safe_open(str(directory / rank_file(0)), framework="pt") as f:
+        scales = {name: f.get_tensor(name) for name in f.keys() if name.endswith("_scale")}
+    calibration = spec.quant.params.get("calibration")
+    source = (f"calibrated on {calibration['source']}, {calibration['num_samples']} samples of "
+              f"{calibration['seq_len']} tokens" if calibration else "no calibration")
+    return [f"fp8 scales     {rank_file(0)} ({source}):", *scale_lines(scales)]
 
 
 def _describe_origin(spec) -> str:

@@ -14,6 +14,7 @@ _SCHEMES = {
     "int4_rtn": ("ingot.quantization.int4", "Int4Rtn"),
     "int4_awq": ("ingot.quantization.int4", "Int4Awq"),
     "int4_gptq": ("ingot.quantization.int4", "Int4Gptq"),
+    "fp8": ("ingot.quantization.fp8", "Fp8"),
     # set by the builder for a checkpoint quantized elsewhere; not a --quant choice
     "int4_checkpoint": ("ingot.quantization.int4", "Int4Checkpoint"),
 }
