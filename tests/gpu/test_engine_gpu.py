@@ -129,9 +129,10 @@ def test_batch_invariance_on_gpu(engine_dir):
             engine.step()
     exact = _diverges_only_at_near_ties(prompts, [r.output_token_ids for r in together], solos,
                                         [r.logprobs for r in together])
-    # Every divergence was checked to be a near-tie above; how many outputs stay exact depends on
-    # which kernels the build's timing picked for each batch size (3 and 5 of these 8 on two builds
-    # of one commit on an H200), so only "most diverge nowhere near a tie" is a property.
+    # Every divergence was checked to be a near-tie above. How many outputs stay exact depends on
+    # the kernels each build's timing picked per batch size (3 of these 8 on one H200 build, 4 or
+    # more on the next build of the same tree): this bound only guards against a batch that changes
+    # everything.
     assert exact >= len(prompts) // 4
 
 
