@@ -230,24 +230,46 @@ def stop_string_cost(url: str) -> dict:
             "tok_s_without_stops": plain, "tok_s_with_stops": stopped}
 
 
+def engine_queue(client: httpx.Client) -> dict[str, float]:
+    """Sequences running and waiting in the engine, from /metrics (summed over the models served)."""
+    counts = {"running": 0.0, "waiting": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        for kind in counts:
+            if line.startswith(f"ingot_num_requests_{kind}"):
+                counts[kind] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def sigterm_with_streams(process: subprocess.Popen, url: str, streams: int = 20) -> dict:
+    """20 streams open (the engine runs as many as its max_batch_size allows, the rest wait in its
+    queue), then SIGTERM: seconds to exit, and how many streams ended with [DONE]."""
     client = httpx.Client(base_url=url, headers=AUTH, timeout=120)
     open_streams = []
-    for i in range(streams):
+    for i in range(streams):  # send returns once the answer's headers have come
         response = client.send(client.build_request("POST", "/v1/completions", json={
             "model": "m", "prompt": f"long {i}", "max_tokens": 900, "stream": True, "ignore_eos": True}), stream=True)
-        lines = response.iter_lines()
-        next(line for line in lines if line.startswith("data:"))
-        open_streams.append((response, lines))
+        assert response.status_code == 200, response.read()
+        open_streams.append(response.iter_lines())
+    deadline = time.monotonic() + 120
+    while sum((queue := engine_queue(client)).values()) < streams and time.monotonic() < deadline:
+        time.sleep(0.1)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     ended_properly = 0
-    for _, lines in open_streams:
+    for lines in open_streams:
         rest = [line for line in lines if line.startswith("data:")]
         ended_properly += bool(rest) and rest[-1] == "data: [DONE]"
     code = process.wait(timeout=120)
-    return {"open_streams": streams, "seconds_to_exit": time.monotonic() - started, "exit_code": code,
-            "streams_ended_with_done": ended_properly}
+    return {"open_streams": streams, "running_at_sigterm": queue["running"], "waiting_at_sigterm": queue["waiting"],
+            "seconds_to_exit": time.monotonic() - started, "exit_code": code, "streams_ended_with_done": ended_properly}
+
+
+def measured(what, *args) -> dict:
+    """what(*args), or the error that stopped it: one phase failing keeps the others' figures."""
+    try:
+        return what(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded, not hidden
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def main() -> int:
@@ -268,14 +290,14 @@ def main() -> int:
     try:
         record = {**header, "model": args.engine, "server": f"ingot serve {' '.join(FLAGS)} (INGOT_API_KEY)",
                   "shutdown_timeout_s": 5.0,
-                  "bad_inputs": try_bad_inputs(url),
-                  "health_during_10mb_prompt": health_during(url, {"model": "m", "prompt": "x" * 10_000_000,
-                                                                   "max_tokens": 1}),
-                  "health_during_20mb_body": health_during(url, {"model": "m", "prompt": "x" * 20_000_000,
-                                                                 "max_tokens": 1}),
-                  "stop_strings": stop_string_cost(url),
-                  "rss": rss_growth(url, process.pid, args.requests),
-                  "sigterm": sigterm_with_streams(process, url)}
+                  "bad_inputs": measured(try_bad_inputs, url),
+                  "health_during_10mb_prompt": measured(health_during, url, {"model": "m", "prompt": "x" * 10_000_000,
+                                                                             "max_tokens": 1}),
+                  "health_during_20mb_body": measured(health_during, url, {"model": "m", "prompt": "x" * 20_000_000,
+                                                                           "max_tokens": 1}),
+                  "stop_strings": measured(stop_string_cost, url),
+                  "rss": measured(rss_growth, url, process.pid, args.requests),
+                  "sigterm": measured(sigterm_with_streams, process, url)}
     finally:
         if process.poll() is None:
             process.kill()
