@@ -128,23 +128,31 @@ def test_parallel_flags_default_to_one():
     assert (args.tp, args.pp, args.ep) == (1, 1, 1)
 
 
-def test_fp8_on_one_gpu_builds_bf16_and_says_so():
-    plan = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)
-    rec = plan["recommendation"]
+def test_fp8_on_one_gpu_builds_fp8():
+    rec = make_plan("llama-3.1-8b", "h100", "fp8", num_gpus=1)["recommendation"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.dtype, args.quant) == ("bf16", "fp8")
+    assert "--tp" not in rec["build_command"] and "--pp" not in rec["build_command"]  # one GPU: defaults
+    assert args.model == "./Llama-3.1-8B-Instruct" and args.output == "engines/llama-3.1-8b-fp8-tp1pp1"
+    [note] = rec["build_notes"]  # the download note only: nothing falls back
+    assert "hf download meta-llama/Llama-3.1-8B-Instruct --local-dir ./Llama-3.1-8B-Instruct" in note
+
+
+def test_a_precision_ingot_build_lacks_builds_bf16_and_says_so():
+    """SmoothQuant W8A8 is planned but not built yet: the command builds bf16 and the notes say so."""
+    rec = make_plan("llama-3.1-8b", "h100", "w8a8_sq", num_gpus=1)["recommendation"]
     args = _parse(rec["build_command"], make_build_parser())
     assert args.dtype == "bf16" and "--quant" not in rec["build_command"]
-    assert "--tp" not in rec["build_command"] and "--pp" not in rec["build_command"]  # one GPU: defaults
-    assert args.model == "./Llama-3.1-8B-Instruct" and args.output == "engines/llama-3.1-8b-bf16-tp1pp1"
+    assert args.output == "engines/llama-3.1-8b-bf16-tp1pp1"
     notes = "\n".join(rec["build_notes"])
-    assert "`ingot build` has no `--quant fp8` yet, so this command builds bf16 weights: 16.1 GB" in notes
+    assert "`ingot build` has no `--quant w8a8_sq` yet, so this command builds bf16 weights: 16.1 GB" in notes
     assert "still fits TP1 PP1 on H100 SXM 80GB" in notes
-    assert "hf download meta-llama/Llama-3.1-8B-Instruct --local-dir ./Llama-3.1-8B-Instruct" in notes
 
 
-def test_fp8_fallback_says_when_bf16_weights_do_not_fit():
-    rec = make_plan("llama-3.1-70b", "h100", "fp8", num_gpus=1)["recommendation"]
+def test_the_fallback_says_when_bf16_weights_do_not_fit():
+    rec = make_plan("llama-3.1-70b", "h100", "w8a8_sq", num_gpus=1)["recommendation"]
     assert rec["layout"]["fits_weights"] and "--dtype bf16" in rec["build_command"]
-    assert any("builds bf16 weights: 141.1 GB instead of 72.7 GB in fp8" in n for n in rec["build_notes"])
+    assert any("builds bf16 weights: 141.1 GB instead of 72.7 GB in w8a8_sq" in n for n in rec["build_notes"])
     assert any("does not fit TP1 PP1" in n for n in rec["build_notes"])
 
 
@@ -156,20 +164,18 @@ def test_fp8_kv_cache_is_omitted_with_a_note():
 
 
 def test_tensor_parallel_layout_gets_a_command():
-    """Llama 70B in fp8 needs 4 x H100: `--tp 4` (no `--pp 1`), in bf16 since there is no --quant."""
+    """Llama 70B in fp8 needs 4 x H100: `--quant fp8 --tp 4` (no `--pp 1`)."""
     rec = make_plan("llama-3.1-70b", "h100", "fp8", isl=8192, osl=2048, concurrency=64)["recommendation"]
     assert rec["layout"]["layout"] == "TP4 PP1"
-    assert " --dtype bf16 --tp 4 --max-batch-size 64 " in rec["build_command"]
+    assert " --dtype bf16 --quant fp8 --tp 4 --max-batch-size 64 " in rec["build_command"]
     args = _parse(rec["build_command"], make_build_parser())
-    assert (args.tp, args.pp, args.output) == (4, 1, "engines/llama-3.1-70b-bf16-tp4pp1")
-    notes = "\n".join(rec["build_notes"])
-    assert "no `--quant fp8` yet, so this command builds bf16 weights: 141.1 GB instead of 72.7 GB" in notes
-    assert "fits TP4 PP1 on H100 SXM 80GB with KV for only 50 of 64 concurrent requests" in notes
+    assert (args.tp, args.pp, args.output) == (4, 1, "engines/llama-3.1-70b-fp8-tp4pp1")
+    assert not any("yet" in n for n in rec["build_notes"]), rec["build_notes"]
 
 
 @pytest.mark.parametrize(("model", "gpu", "words", "tp", "pp"), [
-    ("llama-3.1-8b", "rtx-4090", " --dtype bf16 --pp 2 --max-batch-size ", 1, 2),
-    ("llama-3.1-70b", "l40s", " --dtype bf16 --tp 2 --pp 2 --max-batch-size ", 2, 2),
+    ("llama-3.1-8b", "rtx-4090", " --dtype bf16 --quant fp8 --pp 2 --max-batch-size ", 1, 2),
+    ("llama-3.1-70b", "l40s", " --dtype bf16 --quant fp8 --tp 2 --pp 2 --max-batch-size ", 2, 2),
 ])
 def test_pipeline_layout_gets_a_command(model, gpu, words, tp, pp):
     rec = make_plan(model, gpu, "fp8")["recommendation"]
@@ -183,11 +189,11 @@ def test_expert_parallel_layout_prints_no_command(monkeypatch):
     """Were Qwen3-MoE in the registry, its EP8 layout still needs `--ep 8`, which `ingot build` lacks."""
     monkeypatch.setattr(command, "buildable_architectures",
                         lambda: {shape.architecture for shape in PRESETS.values()})
-    rec = make_plan("qwen3-30b-a3b", "h100", "fp8", num_gpus=8)["recommendation"]
+    rec = make_plan("qwen3-30b-a3b", "h100", "w8a8_sq", num_gpus=8)["recommendation"]
     assert rec["layout"]["layout"] == "TP8 PP1 EP8" and rec["build_command"] is None
     [note] = rec["build_notes"]
     assert "TP8 PP1 EP8 needs `--tp 8 --ep 8`; `ingot build` does not offer `--ep 8` yet" in note
-    assert "nor the plan's `--quant fp8`" in note and "--num-gpus 1" in note
+    assert "nor the plan's `--quant w8a8_sq`" in note and "--num-gpus 1" in note
 
 
 def test_the_future_parser_adds_only_what_ingot_build_lacks():
@@ -251,9 +257,9 @@ def test_calibrating_precisions_are_the_methods_that_calibrate():
     from ingot.quantization.registry import method_names, scheme_class
 
     built = [p for p in PRECISIONS.values() if p.quant in method_names()]
-    assert {p.name for p in built} == {"int4_awq", "int4_gptq"}
-    for precision in built:
-        assert precision.calibrates == getattr(scheme_class(precision.quant), "needs_calibration", False)
+    assert {p.name for p in built} == {"int4_awq", "int4_gptq", "fp8"}
+    for precision in built:  # with the method's default parameters (fp8: per_channel, no calibration)
+        assert precision.calibrates == bool(scheme_class(precision.quant)().needs_calibration)
     assert not getattr(scheme_class("int4_rtn"), "needs_calibration", False)
 
 

@@ -36,24 +36,21 @@ def test_table_output(capsys):
     out = capsys.readouterr().out
     for text in ("llama-3.1-70b", "H100 SXM 80GB", "ISL 8,192 + OSL 2,048", "TP4 PP1", "recommended",
                  "memory/GPU", "throughput", "decode",
-                 "  ingot build ./Llama-3.1-70B-Instruct -o engines/llama-3.1-70b-bf16-tp4pp1 --dtype bf16 --tp 4 "
-                 "--max-batch-size 64 --max-input-len 8192 --max-seq-len 10240 ",
-                 "note: `ingot build` has no `--quant fp8` yet, so this command builds bf16 weights",
-                 "fits TP4 PP1 on H100 SXM 80GB with KV for only 50 of 64", "assumptions"):
+                 "  ingot build ./Llama-3.1-70B-Instruct -o engines/llama-3.1-70b-fp8-tp4pp1 --dtype bf16 --quant fp8 "
+                 "--tp 4 --max-batch-size 64 --max-input-len 8192 --max-seq-len 10240 ", "assumptions"):
         assert text in out, text
-    # ingot build has --tp but no --quant: a TP4 command in bf16, without the default `--pp 1`.
-    assert "cannot build" not in out and "--pp" not in out and "--quant fp8 " not in out.split("note:")[0]
+    # ingot build has --tp and --quant fp8: a TP4 fp8 command, without the default `--pp 1`.
+    assert "cannot build" not in out and "--pp" not in out and "yet" not in out
 
 
 def test_table_output_one_gpu_command(capsys):
     assert main(["plan", "--model", "8b", "--gpu", "h100", "--precision", "fp8", "--isl", "8192",
                  "--osl", "2048", "--batch", "16", "--num-gpus", "1"]) == 0
     out = capsys.readouterr().out
-    for text in ("  ingot build ./Llama-3.1-8B-Instruct -o engines/llama-3.1-8b-bf16-tp1pp1 --dtype bf16 ",
-                 "--max-batch-size 16", "--max-seq-len 10240", "note: download meta-llama/Llama-3.1-8B-Instruct",
-                 "note: `ingot build` has no `--quant fp8` yet, so this command builds bf16 weights"):
+    for text in ("  ingot build ./Llama-3.1-8B-Instruct -o engines/llama-3.1-8b-fp8-tp1pp1 --dtype bf16 --quant fp8 ",
+                 "--max-batch-size 16", "--max-seq-len 10240", "note: download meta-llama/Llama-3.1-8B-Instruct"):
         assert text in out, text
-    assert "--quant fp8 " not in out.split("note:")[0]
+    assert "yet" not in out
 
 
 def test_table_output_unsupported_architecture(capsys):

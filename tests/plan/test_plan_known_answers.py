@@ -46,11 +46,10 @@ def test_llama_405b_bf16_does_not_fit_8_h100_but_fp8_does():
     fp8 = make_plan("llama-3.1-405b", "h100", "fp8", num_gpus=8)
     assert fp8["fits"]
     assert fp8["recommendation"]["layout"]["layout"] == "TP8 PP1"
-    # ingot build has --tp but no --quant: the TP8 command builds bf16, and says that no longer fits.
+    # ingot build has --tp and --quant fp8: the TP8 command builds fp8, with no fallback note.
     rec = fp8["recommendation"]
-    assert " --dtype bf16 --tp 8 " in rec["build_command"] and "--pp" not in rec["build_command"]
-    assert any("builds bf16 weights: 811.7 GB instead of 410.1 GB in fp8" in n for n in rec["build_notes"])
-    assert any("does not fit TP8 PP1 on H100 SXM 80GB" in n for n in rec["build_notes"])
+    assert " --dtype bf16 --quant fp8 --tp 8 " in rec["build_command"] and "--pp" not in rec["build_command"]
+    assert not any("yet" in n for n in rec["build_notes"]), rec["build_notes"]
 
 
 # Published totals (and active parameters for MoE), in billions.

@@ -92,12 +92,12 @@ def test_page_updates_as_inputs_change(browser, plan_server):
     page.select_option("#precision", "fp8")
     _settle(page, model="llama-3.1-405b", precision="fp8")
     assert page.inner_text("#verdict").startswith("Fits: TP8 PP1 on 8 × H100 SXM")
-    # ingot build has --tp but no --quant yet: a TP8 command in bf16, and notes saying what that builds.
+    # ingot build has --tp and --quant fp8: a TP8 fp8 command, and only the download note.
     command = page.inner_text("#build-command")
-    assert command.startswith("ingot build ./Llama-3.1-405B-Instruct -o engines/llama-3.1-405b-bf16-tp8pp1 ")
-    assert " --dtype bf16 --tp 8 " in command and "--pp" not in command
+    assert command.startswith("ingot build ./Llama-3.1-405B-Instruct -o engines/llama-3.1-405b-fp8-tp8pp1 ")
+    assert " --dtype bf16 --quant fp8 --tp 8 " in command and "--pp" not in command
     notes = page.inner_text("#build-notes")
-    assert "no `--quant fp8` yet, so this command builds bf16 weights" in notes and "does not fit TP8 PP1" in notes
+    assert "download meta-llama/Llama-3.1-405B-Instruct" in notes and "yet" not in notes
     query = page.eval_on_selector("#result", "el => el.dataset.query")
     with urllib.request.urlopen(f"{plan_server}/api/plan?{query}", timeout=10) as response:
         rec = json.loads(response.read())["recommendation"]
@@ -117,8 +117,8 @@ def test_page_updates_as_inputs_change(browser, plan_server):
     page.fill("#isl", "4096")
     _settle(page, model="llama-3.1-8b", num_gpus="1", isl="4096")
     command = page.inner_text("#build-command")
-    assert "--max-input-len 4096" in command and "--dtype bf16" in command and "--quant" not in command
-    assert "no `--quant fp8` yet, so this command builds bf16 weights" in page.inner_text("#build-notes")
+    assert "--max-input-len 4096" in command and "--dtype bf16 --quant fp8" in command
+    assert "yet" not in page.inner_text("#build-notes")
     assert page.locator("#layouts tbody tr.best").count() == 1
 
 
