@@ -206,6 +206,13 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @cached_property
+    def max_token_chars(self) -> int:
+        """Characters in the longest vocabulary entry, added tokens included. A raw entry is never shorter
+        than the text it stands for ('Ġthe' is ' the', '<0xE2>' one byte), so no token covers more of
+        the input than this, short of a normalizer that merges characters."""
+        return max(map(len, self._tok.get_vocab(with_added_tokens=True)), default=1)
+
+    @cached_property
     def all_special_ids(self) -> set[int]:
         """Named special tokens plus every added token marked special (what skip_special_tokens drops)."""
         named = {self.token_to_id(t) for t in self.special_tokens.values()}

@@ -185,3 +185,13 @@ def test_broken_template_and_missing_files(tmp_path):
         tok.apply_chat_template(MESSAGES[0])
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer.from_dir(tmp_path / "missing")
+
+
+def test_no_token_covers_more_text_than_the_longest_vocabulary_entry(pair):
+    """The server refuses a text longer than max_input_len x this before tokenizing it (issue 21)."""
+    ours, _ = pair
+    longest = ours.max_token_chars
+    assert longest == max(len(t) for t in ours.convert_ids_to_tokens(range(ours.vocab_size)))
+    for text in [*STRINGS, *CORPUS]:
+        ids = ours.encode(text, add_special_tokens=False)
+        assert all(len(ours.decode([i], skip_special_tokens=False)) <= longest for i in ids), text

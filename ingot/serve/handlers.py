@@ -18,7 +18,7 @@ from ingot.serve.admission import slots_of
 from ingot.serve.errors import APIError, bad_request, from_request_error, from_validation_error
 from ingot.serve.formats import ChatFormat, CompletionFormat, usage
 from ingot.serve.generation import Job, collect, stream_outputs
-from ingot.serve.protocol import ChatCompletionRequest, CompletionRequest, check_fits
+from ingot.serve.protocol import ChatCompletionRequest, CompletionRequest, check_fits, check_text_fits
 from ingot.serve.structured_fields import structured_output
 from ingot.serve.tools import ToolCalling, ToolChatFormat
 
@@ -47,7 +47,7 @@ async def completions(state, request: Request) -> Response:
     def tokenized_jobs() -> list[Job]:
         jobs = []
         for prompt in req.prompts():
-            ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            ids = encode_text(llm, prompt, "prompt") if isinstance(prompt, str) else list(prompt)
             check_prompt(llm, ids, params.max_tokens, "prompt", "max_tokens")
             text = prompt if isinstance(prompt, str) else (
                 tokenizer.decode(ids, skip_special_tokens=False) if req.echo else None)
@@ -74,8 +74,12 @@ async def chat_completions(state, request: Request) -> Response:
     tools = {} if calling is None else {"tools": req.tools}
     if calling is not None:
         messages = calling.messages(messages, template)
+    def template_and_encode() -> list[int]:  # Tokenizer.encode_chat, with the length checked in between
+        text = tokenizer.apply_chat_template(messages, req.add_generation_prompt, **tools)
+        return encode_text(llm, text, "messages", add_special_tokens=False)  # the template wrote any BOS
+
     try:
-        ids = await run_in_threadpool(lambda: tokenizer.encode_chat(messages, req.add_generation_prompt, **tools))
+        ids = await run_in_threadpool(template_and_encode)
     except RequestError as exc:
         raise from_request_error(exc, "messages") from None
     build = llm.spec.build
@@ -105,6 +109,13 @@ def _params(llm, req, max_tokens: int, logprobs: int | None, prompt_logprobs: in
     if bad:
         raise bad_request(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})", "stop_token_ids")
     return params
+
+
+def encode_text(llm, text: str, prompt_param: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of text, refused first (400) when it cannot fit in the engine; seconds for a long text:
+    call it off the event loop."""
+    check_text_fits(text, llm.tokenizer.max_token_chars, llm.spec.build, prompt_param)
+    return llm.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 def check_prompt(llm, ids: list[int], max_tokens: int, prompt_param: str, limit_param: str) -> None:

@@ -246,13 +246,12 @@ def rows_from_json(body: dict) -> list[Row]:
 async def _job(llm, row: Row) -> Job:
     from starlette.concurrency import run_in_threadpool
 
-    from ingot.serve.handlers import check_prompt
+    from ingot.serve.handlers import check_prompt, encode_text
 
-    tokenizer = llm.tokenizer
-    if tokenizer is None:
+    if llm.tokenizer is None:
         raise bad("this engine has no tokenizer, so it cannot take text_input")
-    ids = await run_in_threadpool(tokenizer.encode, row.text)
     try:
+        ids = await run_in_threadpool(encode_text, llm, row.text, "text_input")
         check_prompt(llm, ids, row.params.max_tokens, "text_input", "max_tokens")
     except APIError as exc:
         raise bad(exc.message) from None

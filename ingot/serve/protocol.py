@@ -208,6 +208,21 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+# A normalizer may merge characters before tokenizing (NFC makes "e" + U+0301 one "é"): the bound on the
+# characters one token covers is taken this many times over.
+NORMALIZER_MARGIN = 4
+
+
+def check_text_fits(text: str, max_token_chars: int, build, prompt_param: str) -> None:
+    """Refuse, before tokenizing, a text that cannot fit in max_input_len tokens: tokenizing a 10 MB prompt
+    took SmolLM2's tokenizer 6 s of a core only to find it too long (issue 21)."""
+    most = build.max_input_len * max_token_chars * NORMALIZER_MARGIN
+    if len(text) > most:
+        raise bad_request(f"the prompt has {len(text)} characters, more than this engine's max_input_len="
+                          f"{build.max_input_len} tokens can hold (a token covers at most {max_token_chars} "
+                          f"characters here); shorten it", prompt_param)
+
+
 def check_fits(num_prompt_tokens: int, max_tokens: int, build, prompt_param: str) -> None:
     """The engine's envelope, checked here so the 400 can name the field to change."""
     if num_prompt_tokens > build.max_input_len:
