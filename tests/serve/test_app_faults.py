@@ -23,7 +23,7 @@ class FailingLLM:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
         self.tokenizer = SimpleNamespace(
-            encode=lambda text: list(text.encode()),
+            encode=lambda text, add_special_tokens=True: list(text.encode()), max_token_chars=1,
             decode=lambda ids, skip_special_tokens=True: bytes(ids).decode(errors="replace"))
         self.spec = SimpleNamespace(build=SimpleNamespace(max_input_len=64, max_seq_len=128),
                                     model=SimpleNamespace(vocab_size=256), format_version=1)
