@@ -171,16 +171,20 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-        # transformers applies this WordPiece-era cleanup only to non-BPE models; it corrupts BPE text.
-        if self.config.get("clean_up_tokenization_spaces") and type(self._tok.model).__name__ != "BPE":
+        if self._cleans_up:
             text = _clean_up_tokenization(text)
         return text
+
+    @property
+    def _cleans_up(self) -> bool:
+        """transformers applies this WordPiece-era cleanup only to non-BPE models; it corrupts BPE text."""
+        return bool(self.config.get("clean_up_tokenization_spaces")) and type(self._tok.model).__name__ != "BPE"
 
     def decode_stream(self, context_ids: list[int], skip_special_tokens: bool = True):
         """A tokenizers DecodeStream primed with `context_ids` (decoded as context, never emitted), or
         None where decode() post-processes what the backend returns (the WordPiece-era clean-up):
         the incremental detokenizer then re-decodes a window itself."""
-        if self.config.get("clean_up_tokenization_spaces") and type(self._tok.model).__name__ != "BPE":
+        if self._cleans_up:
             return None
         from tokenizers.decoders import DecodeStream
 
