@@ -101,7 +101,7 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
                 **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
         logger.info("build %s: tuning kernel tactics for %s", model, target.describe())
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp,
-                                               scheme.group_size if quant.method.startswith("int4") else None)
+                                               scheme)
         checksums = {f.name: file_checksum(f) for f in sorted(staging.glob("rank*.safetensors"))}
         spec = dataclasses.replace(spec, tactics=tactics, tactic_timings=tactic_timings, checksums=checksums,
                                    build_seconds=time.perf_counter() - started)

@@ -115,3 +115,25 @@ def check_linear_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor |
             raise ValueError(f"bias: must be contiguous {x.dtype}, got {bias.dtype} strides {bias.stride()}")
         tensors["bias"] = bias
     check_same_device(**tensors)
+
+
+def check_fp8_operands(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                       bias: torch.Tensor | None) -> None:
+    """An FP8 GEMM's operands: x_q (M, K) and w_q (N, K) float8_e4m3fn with rows contiguous; float32
+    scales of one element or one per row ((M, 1) for x, (N, 1) for w), contiguous; bias (N,)."""
+    for t, name in ((x_q, "x_q"), (w_q, "w_q")):
+        check_dtype(t, name, (torch.float8_e4m3fn,))
+        check_last_dim_contiguous(t, name)
+    if x_q.dim() != 2:
+        raise ValueError(f"x_q: want (M, K), got shape {tuple(x_q.shape)}")
+    check_shape(w_q, "w_q", (None, x_q.shape[-1]))
+    for scale, name, rows in ((x_scale, "x_scale", x_q.shape[0]), (w_scale, "w_scale", w_q.shape[0])):
+        check_dtype(scale, name, (torch.float32,))
+        if scale.numel() not in (1, rows) or not scale.is_contiguous():
+            raise ValueError(f"{name}: want one contiguous float32 scale or {rows} (one per row), "
+                             f"got shape {tuple(scale.shape)}")
+    tensors = {"x_q": x_q, "x_scale": x_scale, "w_q": w_q, "w_scale": w_scale}
+    if bias is not None:
+        check_shape(bias, "bias", (w_q.shape[0],))
+        tensors["bias"] = bias
+    check_same_device(**tensors)

@@ -15,6 +15,11 @@ Two kernels, the same math:
 
 A config is (BM, BN, BK, num_warps, num_stages); its name "triton:BMxBNxBK:wW:sS" is the
 tactic string stored in engines.
+
+gemm_fp8 runs the same kernels on E4M3 operands (Hopper's FP8 tensor cores: tl.dot of float8
+tiles, fp32 accumulation) and applies the scales in the epilogue, before the bias, where
+torch._scaled_mm applies them:  out = (x_q . w_q^T) * x_scale * w_scale^T + bias,  with each
+scale one number or one per row of its operand (ingot/quantization/fp8_method.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ingot.kernels._checks import check_linear_operands, interpreting, num_sms
+from ingot.kernels._checks import check_fp8_operands, check_linear_operands, interpreting, num_sms
 
 GROUP_M = 8  # tiles of 8 row blocks walk the columns together: x stays in L2, w is read ~M/8/BM times
 
@@ -72,10 +77,28 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP: tl.constexpr):
 
 
 # M and the grid size vary with the batch: not specialised, so one compile serves every batch.
+@triton.jit
+def scale_and_bias(acc, rows, cols, M, N, xs_ptr, ws_ptr, bias_ptr, X_SCALE: tl.constexpr,
+                    W_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """acc (BM, BN) fp32 times the operands' scales (0: none, 1: one number, 2: one per row of x
+    or of w), plus the bias."""
+    if X_SCALE == 1:
+        acc = acc * tl.load(xs_ptr)
+    if X_SCALE == 2:
+        acc = acc * tl.load(xs_ptr + rows, mask=rows < M, other=0.0)[:, None]
+    if W_SCALE == 1:
+        acc = acc * tl.load(ws_ptr)
+    if W_SCALE == 2:
+        acc = acc * tl.load(ws_ptr + cols, mask=cols < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
 @triton.jit(do_not_specialize=["M", "num_programs"])
-def _gemm_tma_kernel(x_desc, w_desc, out_desc, bias_ptr, M, N, K, num_programs,
+def _gemm_tma_kernel(x_desc, w_desc, out_desc, bias_ptr, xs_ptr, ws_ptr, M, N, K, num_programs,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-                     HAS_BIAS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, X_SCALE: tl.constexpr = 0, W_SCALE: tl.constexpr = 0):
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     num_tiles = num_pid_m * num_pid_n
@@ -90,16 +113,15 @@ def _gemm_tma_kernel(x_desc, w_desc, out_desc, bias_ptr, M, N, K, num_programs,
             a = x_desc.load([off_m, ki * BK])  # (BM, BK), zeros past M and K
             b = w_desc.load([off_n, ki * BK])  # (BN, BK), zeros past N and K
             acc = tl.dot(a, b.T, acc)
-        if HAS_BIAS:
-            cols = off_n + tl.arange(0, BN)
-            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        acc = scale_and_bias(acc, off_m + tl.arange(0, BM), off_n + tl.arange(0, BN), M, N, xs_ptr, ws_ptr,
+                              bias_ptr, X_SCALE, W_SCALE, HAS_BIAS)
         out_desc.store([off_m, off_n], acc.to(out_desc.dtype))  # rows past M are clipped
 
 
 @triton.jit(do_not_specialize=["M"])
-def _gemm_ptr_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+def _gemm_ptr_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, xs_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-                     HAS_BIAS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, X_SCALE: tl.constexpr = 0, W_SCALE: tl.constexpr = 0):
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP)
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -112,8 +134,7 @@ def _gemm_ptr_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, M, N, K, stride_xm, stride
         a = tl.load(x_tile + k0, mask=(rows[:, None] < M) & k_ok[None, :], other=0.0)
         b = tl.load(w_tile + k0, mask=k_ok[:, None] & (cols[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    acc = scale_and_bias(acc, rows, cols, M, N, xs_ptr, ws_ptr, bias_ptr, X_SCALE, W_SCALE, HAS_BIAS)
     out = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -133,29 +154,47 @@ def gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemmConfig = GemmConfig(64, 64, 64)) -> torch.Tensor:
     """x (..., K) @ w (N, K).T + bias (N,) -> (..., N), like torch.nn.functional.linear."""
     check_linear_operands(x, w, bias)
+    return _run(x, w, bias, config, x.dtype)
+
+
+def gemm_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+             bias: torch.Tensor | None, out_dtype: torch.dtype, config: GemmConfig = GemmConfig(64, 64, 128)) -> torch.Tensor:
+    """x_q (M, K) @ w_q (N, K).T in E4M3, scaled: x_scale (1,) or (M, 1), w_scale (1,) or (N, 1)
+    float32; + bias (N,); (M, N) in out_dtype."""
+    check_fp8_operands(x_q, x_scale, w_q, w_scale, bias)
+    return _run(x_q, w_q, bias, config, out_dtype, x_scale, w_scale)
+
+
+def scale_kind(scale: torch.Tensor | None) -> int:
+    return 0 if scale is None else (1 if scale.numel() == 1 else 2)
+
+
+def _run(x, w, bias, c: GemmConfig, out_dtype, x_scale=None, w_scale=None) -> torch.Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[-1] > 1 and x2.stride(-1) != 1:  # reshape of an odd view may copy; keep rows contiguous
         x2 = x2.contiguous()
     (m, k), n = x2.shape, w.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
     if m == 0 or n == 0:
         return out.view(*lead, n)
     if k == 0:
         return out.zero_().add_(bias if bias is not None else 0).view(*lead, n)
     bias_arg = bias if bias is not None else out  # never read when HAS_BIAS is False
-    c = config
+    scales = dict(xs=x_scale if x_scale is not None else out, ws=w_scale if w_scale is not None else out,
+                  X_SCALE=scale_kind(x_scale), W_SCALE=scale_kind(w_scale))
     if _tma_ok(x2, w, out):
-        _launch_tma(x2, w, out, bias_arg, bias is not None, c)
+        _launch_tma(x2, w, out, bias_arg, bias is not None, c, **scales)
     else:
         grid = (triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n),)
-        _gemm_ptr_kernel[grid](x2, w, out, bias_arg, m, n, k, x2.stride(0), w.stride(0), out.stride(0),
-                               BM=c.block_m, BN=c.block_n, BK=c.block_k, GROUP=GROUP_M,
-                               HAS_BIAS=bias is not None, num_warps=c.num_warps, num_stages=c.num_stages)
+        _gemm_ptr_kernel[grid](x2, w, out, bias_arg, scales["xs"], scales["ws"], m, n, k, x2.stride(0), w.stride(0),
+                               out.stride(0), BM=c.block_m, BN=c.block_n, BK=c.block_k, GROUP=GROUP_M,
+                               HAS_BIAS=bias is not None, X_SCALE=scales["X_SCALE"], W_SCALE=scales["W_SCALE"],
+                               num_warps=c.num_warps, num_stages=c.num_stages)
     return out.view(*lead, n)
 
 
-def _tma_launch_args(x, w, out, bias_arg, has_bias: bool, c: GemmConfig):
+def _tma_launch_args(x, w, out, bias_arg, has_bias: bool, c: GemmConfig, xs=None, ws=None, X_SCALE=0, W_SCALE=0):
     """(grid, args, kwargs) of one _gemm_tma_kernel launch; shared by gemm() and precompile()."""
     (m, k), n = x.shape, w.shape[0]
     x_desc = TensorDescriptor.from_tensor(x, [c.block_m, c.block_k])
@@ -166,9 +205,10 @@ def _tma_launch_args(x, w, out, bias_arg, has_bias: bool, c: GemmConfig):
     # loop is exercised). Small decode tiles fit 2-3 per multiprocessor: with only one, 192 tiles
     # over 132 SMs would take two rounds, the second one 45% full.
     programs = min(tiles, 4 if interpreting() else num_sms(x.device.index) * _programs_per_sm(c, x.element_size()))
-    args = (x_desc, w_desc, out_desc, bias_arg, m, n, k, programs)
+    args = (x_desc, w_desc, out_desc, bias_arg, out if xs is None else xs, out if ws is None else ws,
+            m, n, k, programs)
     kwargs = dict(BM=c.block_m, BN=c.block_n, BK=c.block_k, GROUP=GROUP_M, HAS_BIAS=has_bias,
-                  num_warps=c.num_warps, num_stages=c.num_stages)
+                  X_SCALE=X_SCALE, W_SCALE=W_SCALE, num_warps=c.num_warps, num_stages=c.num_stages)
     return (programs,), args, kwargs
 
 
@@ -180,24 +220,28 @@ def _programs_per_sm(c: GemmConfig, elem_bytes: int) -> int:
     return max(1, min(4, (228 * 1024) // (smem + 1024)))
 
 
-def _launch_tma(x, w, out, bias_arg, has_bias: bool, c: GemmConfig) -> None:
-    grid, args, kwargs = _tma_launch_args(x, w, out, bias_arg, has_bias, c)
+def _launch_tma(x, w, out, bias_arg, has_bias: bool, c: GemmConfig, **scales) -> None:
+    grid, args, kwargs = _tma_launch_args(x, w, out, bias_arg, has_bias, c, **scales)
     _gemm_tma_kernel[grid](*args, **kwargs)
 
 
-def precompile(configs: list[GemmConfig], w: torch.Tensor, threads: int = 8) -> None:
+def precompile(configs: list[GemmConfig], w: torch.Tensor, threads: int = 8,
+               fp8_scales: tuple[int, int] | None = None, out_dtype: torch.dtype = torch.bfloat16) -> None:
     """Compile the TMA kernel for each config against weights shaped like w, in parallel threads
     (Triton releases the GIL in its compiler passes and in ptxas): the builder's tuning pays for
     the compiles of several configs at once instead of one after another. Failures are left for
-    the first real launch to report."""
+    the first real launch to report. An E4M3 w compiles gemm_fp8's variant, with the scale kinds
+    (x's, w's: 1 one number, 2 per row) of fp8_scales."""
     if interpreting() or not _tma_ok(w):
         return
     from concurrent.futures import ThreadPoolExecutor
     from triton.runtime._async_compile import AsyncCompileMode  # Triton >= 3.5; private but stable in 3.6
 
     x = torch.empty((1, w.shape[1]), dtype=w.dtype, device=w.device)
-    out = torch.empty((1, w.shape[0]), dtype=w.dtype, device=w.device)
+    out = torch.empty((1, w.shape[0]), dtype=out_dtype if fp8_scales else w.dtype, device=w.device)
+    kinds = dict(zip(("X_SCALE", "W_SCALE"), fp8_scales or (0, 0)))
+    scale = torch.ones(1, dtype=torch.float32, device=w.device) if fp8_scales else out  # the pointer types gemm_fp8 passes
     with ThreadPoolExecutor(threads) as pool, AsyncCompileMode(pool, ignore_errors=True):
         for c in configs:
-            grid, args, kwargs = _tma_launch_args(x, w, out, out, False, c)
+            grid, args, kwargs = _tma_launch_args(x, w, out, out, False, c, xs=scale, ws=scale, **kinds)
             _gemm_tma_kernel.warmup(*args, grid=grid, **kwargs)

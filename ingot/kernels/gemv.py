@@ -14,6 +14,9 @@ A config is (BN, BK, num_warps, num_stages); its tactic name is "gemv:BNxBK:wW:s
 At one token the small kernels around a GEMV cost about as much as their launches; SiLU·mul
 folds into the down_proj GEMV's prologue (gemv_silu_mul, used through ingot/layers/fused.py),
 rounding as the separate kernel does, so fused equals unfused.
+
+gemv_fp8 streams E4M3 weights (half the bytes of bf16) against an E4M3 activation, with the
+scales applied after the reduction as gemm_fp8 applies them (ingot/kernels/gemm.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ingot.kernels._checks import check_linear_operands, next_pow2
+from ingot.kernels._checks import check_fp8_operands, check_linear_operands, next_pow2
+from ingot.kernels.gemm import scale_and_bias, scale_kind
 
 MAX_M = 4  # above this the tiled GEMM (tensor cores) wins: the weight is reused across rows
 
@@ -71,9 +75,10 @@ def _operand(x_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, K, SILU_MUL: tl.const
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, xs_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, SILU_MUL: tl.constexpr):
+                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, SILU_MUL: tl.constexpr,
+                 X_SCALE: tl.constexpr = 0, W_SCALE: tl.constexpr = 0):
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
     rows = tl.arange(0, BM)
     ks = tl.arange(0, BK)
@@ -90,9 +95,8 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn,
                         eviction_policy="evict_first")
         x = _operand(x_ptr, rows, ks, k0, row_ok, k_ok, stride_xm, K, SILU_MUL)
         acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-    out = tl.sum(acc, axis=2)  # (BM, BN)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    out = scale_and_bias(tl.sum(acc, axis=2), rows, cols, M, N, xs_ptr, ws_ptr, bias_ptr,  # (BM, BN)
+                          X_SCALE, W_SCALE, HAS_BIAS)
     dst = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
@@ -114,18 +118,26 @@ def gemv_silu_mul(gate_up: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     return _launch(gate_up, w, bias, config, silu_mul=True)
 
 
-def _launch(x, w, bias, c: GemvConfig, silu_mul: bool) -> torch.Tensor:
+def gemv_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+             bias: torch.Tensor | None, out_dtype: torch.dtype, config: GemvConfig = GemvConfig(16, 512)) -> torch.Tensor:
+    """x_q (M <= 4, K) @ w_q (N, K).T in E4M3 with gemm_fp8's scales and bias: (M, N) in out_dtype."""
+    check_fp8_operands(x_q, x_scale, w_q, w_scale, bias)
+    return _launch(x_q, w_q, bias, config, silu_mul=False, out_dtype=out_dtype, x_scale=x_scale, w_scale=w_scale)
+
+
+def _launch(x, w, bias, c: GemvConfig, silu_mul: bool, out_dtype=None, x_scale=None, w_scale=None) -> torch.Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     (m, k), n = (x2.shape[0], w.shape[1]), w.shape[0]
     if m > MAX_M:
         raise ValueError(f"gemv: x has {m} rows; this kernel takes at most {MAX_M} (use the tiled GEMM)")
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out.view(*lead, n)
     grid = (triton.cdiv(n, c.block_n),)
-    _gemv_kernel[grid](x2, w, bias if bias is not None else out, out, m, n, k, x2.stride(0), w.stride(0),
+    _gemv_kernel[grid](x2, w, bias if bias is not None else out, out, x_scale if x_scale is not None else out,
+                       w_scale if w_scale is not None else out, m, n, k, x2.stride(0), w.stride(0),
                        out.stride(0), BM=next_pow2(m), BN=c.block_n, BK=c.block_k, HAS_BIAS=bias is not None,
                        EVEN_K=k % c.block_k == 0, NUM_STAGES=c.num_stages, SILU_MUL=silu_mul,
-                       num_warps=c.num_warps)
+                       X_SCALE=scale_kind(x_scale), W_SCALE=scale_kind(w_scale), num_warps=c.num_warps)
     return out.view(*lead, n)

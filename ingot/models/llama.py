@@ -83,6 +83,9 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(cfg, rotary, backend, ctx, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg, ctx, f"{prefix}.mlp")
+        # each norm feeds one linear layer: an FP8 one takes the norm's output quantized in the same kernel
+        self.input_layernorm.feeds(self.self_attn.qkv_proj)
+        self.post_attention_layernorm.feeds(self.mlp.gate_up_proj)
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
         if residual is None:

@@ -14,6 +14,8 @@ clamped. NaN stays NaN.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 E4M3_MAX = 448.0
@@ -65,3 +67,10 @@ def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weight (out, in), or per token of an activation (tokens, hidden)."""
     scale = scale_for(x.detach().abs().amax(dim=-1, keepdim=True))
     return quantize(x, scale), scale
+
+
+class Fp8Activation(NamedTuple):
+    """An activation already quantized for an FP8 linear layer by the kernel that produced it
+    (RMSNorm or SiLU·mul with the quantization fused, ingot/kernels/fp8_quant.py)."""
+    values: torch.Tensor  # (tokens, in_features) float8_e4m3fn, same device as the layer
+    scale: torch.Tensor  # (tokens, 1) float32 per token (dynamic), or (1,) float32 (static)

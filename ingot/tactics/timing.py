@@ -100,6 +100,29 @@ class Int4Bench(GemmBench):
         self._set_up(device, weights, dequantize(*packed, k, group_size, dtype), dtype, k)
 
 
+class Fp8Bench(GemmBench):
+    """GemmBench for FP8 W8A8 GEMMs: each weight is (w_q, w_scale) of a random matrix quantized as
+    the engine's are, x is (x_q, x_scale); the reference multiplies their dequantized values."""
+
+    def __init__(self, n: int, k: int, per_channel: bool, dtype: torch.dtype, device: torch.device):
+        from ingot.quantization.fp8_format import quantize_per_row, quantize_per_tensor
+
+        device = torch.device(device)
+        self.per_channel = per_channel
+        quantize = quantize_per_row if per_channel else quantize_per_tensor
+        w_q, w_scale = quantize(torch.randn(n, k, device=device).mul_(k ** -0.5))
+        weights = [(w_q, w_scale)] + [(w_q.clone(), w_scale.clone()) for _ in range(_copies_past_l2(device, n * k) - 1)]
+        self._set_up(device, weights, w_q.float() * w_scale.reshape(-1, 1), dtype, k)
+
+    def set_batch(self, m: int) -> None:
+        from ingot.quantization.fp8_format import quantize_per_row, quantize_per_tensor
+
+        x = torch.randn(m, self.k, device=self.device).to(self.dtype)
+        self._x = quantize_per_row(x) if self.per_channel else quantize_per_tensor(x)
+        x_q, x_scale = self._x
+        self._ref = F.linear(x_q.float() * x_scale.reshape(-1, 1), self.dense)
+
+
 def _copies_past_l2(device: torch.device, weight_bytes: int) -> int:
     """Copies of a weight to rotate over so that each rep reads its weight from HBM, not L2."""
     return min(8, max(1, math.ceil(3 * torch.cuda.get_device_properties(device).L2_cache_size / weight_bytes)))
