@@ -93,6 +93,8 @@ class EngineSpec:
     tactic_timings: dict = field(default_factory=dict)  # gemm -> {bucket: {tactic: microseconds}}
     build_seconds: float = 0.0
     checksums: dict = field(default_factory=dict)  # rank file -> ingot.integrity.file_checksum
+    # --dummy-weights at_load: no weight files; the loader generates random weights from this seed
+    dummy_seed: int | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -110,7 +112,8 @@ class EngineSpec:
             "quantization": self.quant.to_dict(),
             "speculative": self.speculative.to_dict(),
             "parallel": self.mapping.to_dict(),
-            "weights": [rank_file(r.rank) for r in self.mapping.ranks],
+            "weights": [] if self.dummy_seed is not None else [rank_file(r.rank) for r in self.mapping.ranks],
+            "dummy_seed": self.dummy_seed,
             "versions": self.versions,
             "source": self.source,
             "load_format": self.load_format,
@@ -139,6 +142,7 @@ class EngineSpec:
             tactic_timings=data.get("tactic_timings", {}),
             build_seconds=data.get("build_seconds", 0.0),
             checksums=data.get("checksums", {}),
+            dummy_seed=data.get("dummy_seed"),
             format_version=data["format_version"],
         )
 

@@ -36,6 +36,8 @@ from ingot.quantization import make_scheme
 logger = logging.getLogger("ingot.build")
 
 LOAD_FORMATS = ("auto", "dummy")
+DUMMY_WEIGHTS = ("file", "at_load")  # --load-format dummy: random weights written, or generated at load
+DUMMY_SEED = 0
 
 
 def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> str:
@@ -50,17 +52,19 @@ def resolve_dtype(requested: str, checkpoint_dtype: str, device_kind: str) -> st
 def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig | None = None,
                  device: str | None = None, load_format: str = "auto", parallel: ParallelConfig | None = None,
                  quant: QuantConfig | None = None, speculative: SpeculativeConfig | None = None,
-                 tokenizer: str | Path | None = None) -> EngineSpec:
+                 tokenizer: str | Path | None = None, dummy_weights: str = "file") -> EngineSpec:
     """Build MODEL (checkpoint folder, .gguf file or preset name; with load_format="dummy", a
     config.json whose shapes get random weights, and the `tokenizer` file or folder if given) into
     output_dir, one weight file per rank of `parallel`, stored as `quant` says, drafting as
-    `speculative` says."""
+    `speculative` says. With load_format="dummy" and dummy_weights="at_load" no weight is written:
+    the loader generates them from the seed engine.json records (ingot/runtime/generated_weights.py)."""
     started = time.perf_counter()
     build_config, quant = build_config or BuildConfig(), quant or QuantConfig()
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     if load_format not in LOAD_FORMATS:
         raise ConfigError(f"load_format={load_format!r} is unknown; use one of {', '.join(LOAD_FORMATS)}")
+    _check_dummy_weights(dummy_weights, load_format)
     if tokenizer is not None and load_format != "dummy":
         raise ConfigError(f"--tokenizer is for --load-format dummy builds; {model} is a checkpoint, which brings "
                           "its own tokenizer (the engine's ids must be the weights' ids): drop --tokenizer")
@@ -83,7 +87,8 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     spec = EngineSpec(model=model_config, build=build_config, dtype=dtype, target=target, mapping=mapping,
                       quant=quant, speculative=speculative or SpeculativeConfig(), versions=software_versions(),
                       source=str(model), load_format=load_format,
-                      tokenizer_source=str(Path(tokenizer).expanduser().resolve()) if tokenizer is not None else "")
+                      tokenizer_source=str(Path(tokenizer).expanduser().resolve()) if tokenizer is not None else "",
+                      dummy_seed=DUMMY_SEED if dummy_weights == "at_load" else None)
     staging = output_dir.parent / f".{output_dir.name}.building-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
@@ -93,9 +98,14 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
             check_tokenizer_fits(staging, model_config.vocab_size, str(tokenizer))
         scheme = make_scheme(spec.quant)
         logger.info("build %s: writing %s weights (%s, %d rank(s))", model, dtype, quant.method, spec.world_size)
+        if getattr(scheme, "needs_calibration", False) and spec.dummy_seed is not None:
+            raise ConfigError(f"--dummy-weights at_load generates the weights at load, where nothing calibrates: "
+                              f"--quant {quant.method} with these settings calibrates on a text; use "
+                              "--dummy-weights file, or a scheme that needs no calibration (fp8 per_channel, int4_rtn)")
         context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
-        stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
-                                           _rank_models(spec)))
+        if spec.dummy_seed is None:
+            stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
+                                               _rank_models(spec)))
         if context is not None:  # engine.json records what the scales were calibrated on
             spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
                 **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
@@ -111,6 +121,14 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return spec
+
+
+def _check_dummy_weights(dummy_weights: str, load_format: str) -> None:
+    if dummy_weights not in DUMMY_WEIGHTS:
+        raise ConfigError(f"--dummy-weights {dummy_weights} is unknown; use one of {', '.join(DUMMY_WEIGHTS)}")
+    if dummy_weights == "at_load" and load_format != "dummy":
+        raise ConfigError("--dummy-weights at_load is for --load-format dummy builds (random weights); "
+                          "a checkpoint's weights are written to the engine: drop --dummy-weights")
 
 
 def _tokenizer_files(checkpoint, tokenizer: str | Path | None, hf_config: dict) -> dict[str, bytes]:

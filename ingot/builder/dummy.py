@@ -1,8 +1,5 @@
-"""--load-format dummy: random weights at a model's real shapes, for benchmarks without a hub.
-
-Like vLLM's dummy format: linear weights ~ U(-a, a) with a small a so activations stay finite
-through many layers, norms = 1. The numbers mean nothing; the shapes, bytes and kernels are
-exactly those of the real model, which is what a speed measurement needs.
+"""--load-format dummy: random weights at a model's real shapes (ingot/random_weights.py), for
+benchmarks without a hub: the config they come from, and their tokenizer.
 
 Such an engine has no tokenizer unless `--tokenizer` gives one (a tokenizer.json, or a folder
 holding one): it is copied in by the same code that copies a checkpoint's, so `ingot serve` and
@@ -18,10 +15,9 @@ from pathlib import Path
 import torch
 
 from ingot.errors import CheckpointError, ConfigError
+from ingot.random_weights import random_tensors
 
 TOKENIZER_FIX = "pass a tokenizer.json file, or a folder holding one (with its tokenizer_config.json)"
-
-DUMMY_RANGE = 1e-2
 
 
 def read_config_json(path: str | Path) -> dict:
@@ -40,13 +36,7 @@ def read_config_json(path: str | Path) -> dict:
 def dummy_tensors(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device: str,
                   seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Engine-layout tensors, generated on `device` (fast on a GPU) and handed back on the CPU."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for name, shape in shapes.items():
-        if name.endswith("norm.weight"):
-            tensor = torch.ones(shape, dtype=dtype)
-        else:
-            tensor = torch.empty(shape, dtype=dtype, device=device).uniform_(-DUMMY_RANGE, DUMMY_RANGE,
-                                                                              generator=generator)
+    for name, tensor in random_tensors(shapes, dtype, device, seed):
         yield name, tensor.cpu()
 
 

@@ -35,6 +35,10 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="build for this device (default: cuda if present, else cpu)")
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="dummy: MODEL is a config.json (or its folder); weights are random at its shapes")
+    p.add_argument("--dummy-weights", default="file", choices=["file", "at_load"],
+                   help="--load-format dummy only: file (the random weights are written to the engine) or at_load "
+                        "(no weight file: the loader generates them from a seed engine.json records, as vLLM's "
+                        "dummy format does; for models larger than the disk)")
     p.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
                    help="--load-format dummy only: a tokenizer.json, or a folder holding one (its "
                         "tokenizer_config.json, special_tokens_map.json, generation_config.json and chat template are "
@@ -101,7 +105,8 @@ def build_options(args: argparse.Namespace) -> dict:
     return {"build_config": config, "device": args.device, "load_format": args.load_format,
             "parallel": ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers),
             "quant": QuantConfig(args.quant, _quant_params(args)),
-            "speculative": SpeculativeConfig(args.speculative, args.max_draft_len), "tokenizer": args.tokenizer}
+            "speculative": SpeculativeConfig(args.speculative, args.max_draft_len), "tokenizer": args.tokenizer,
+            "dummy_weights": args.dummy_weights}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,8 +41,14 @@ def load_engine(directory: str | Path, backend: AttentionBackend, device: str | 
     torch_device = torch.device(device or ("cuda" if here.kind == "cuda" else "cpu"))
     model = create_model(spec, backend, rank).to_empty(device=torch_device)
     model.rotary.reset_cache(torch_device)
-    _verify(spec, directory, rank)
-    fill_weights(model, directory / rank_file(rank))
+    if spec.dummy_seed is not None:  # built with --dummy-weights at_load: no file to read
+        from ingot.runtime.generated_weights import generate_weights
+
+        logger.info("generating random weights from seed %d (--dummy-weights at_load)", spec.dummy_seed)
+        generate_weights(model, spec, backend, rank, torch_device)
+    else:
+        _verify(spec, directory, rank)
+        fill_weights(model, directory / rank_file(rank))
     for module in model.modules():
         if hasattr(module, "process_after_load"):
             module.process_after_load()
