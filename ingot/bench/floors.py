@@ -96,17 +96,26 @@ def block_linear_params(model: ModelConfig) -> int:
     return sum(s.in_features * s.out_features for s in linear_shapes(model)[:-1])
 
 
-def request_flops(model: ModelConfig, isl: int, osl: int) -> float:
-    """FLOPs of one request: its prompt (logits of the last prompt token only) and osl - 1 decode steps."""
+def request_flop_parts(model: ModelConfig, isl: int, osl: int) -> dict[str, float]:
+    """FLOPs of one request: its prompt (logits of the last prompt token only) and osl - 1 decode
+    steps, split into the block linear layers' ("block_linear", what an FP8 engine runs in FP8)
+    and the rest (lm_head and attention, in the model dtype)."""
     linear = 2 * block_linear_params(model)
     lm_head = 2 * model.vocab_size * model.hidden_size
     attention = 4 * model.num_layers * model.q_size  # per token, per token of context
-    prompt = isl * linear + attention * isl * (isl + 1) / 2 + lm_head
     # decode step j (1..osl-1) feeds token isl + j, which attends over isl + j positions
-    decode = (osl - 1) * (linear + lm_head) + attention * ((osl - 1) * isl + (osl - 1) * osl / 2)
-    return prompt + decode
+    tokens = isl + osl - 1
+    contexts = isl * (isl + 1) / 2 + (osl - 1) * isl + (osl - 1) * osl / 2
+    return {"block_linear": tokens * linear, "other": osl * lm_head + attention * contexts}
 
 
-def flops_per_output_token(model: ModelConfig, lengths: list[tuple[int, int]]) -> float:
-    """The workload's FLOPs over its output tokens; `lengths` is (isl, osl) per request."""
-    return sum(request_flops(model, i, o) for i, o in lengths) / sum(o for _, o in lengths)
+def request_flops(model: ModelConfig, isl: int, osl: int) -> float:
+    return sum(request_flop_parts(model, isl, osl).values())
+
+
+def flops_per_output_token(model: ModelConfig, lengths: list[tuple[int, int]], part: str | None = None) -> float:
+    """The workload's FLOPs over its output tokens (only those of `part` of request_flop_parts when
+    given); `lengths` is (isl, osl) per request."""
+    total = sum(request_flops(model, i, o) if part is None else request_flop_parts(model, i, o)[part]
+                for i, o in lengths)
+    return total / sum(o for _, o in lengths)

@@ -130,7 +130,7 @@ def start_record(args, benchmark: str) -> dict:
     result = {**record.header(record.device_name(device), getattr(args, "argv", None)), "benchmark": benchmark,
               "engine": record.engine_summary(spec, args.engine), "model": spec.model.architecture,
               "dtype": spec.dtype, "quant": spec.quant.method, "isl": args.isl, "osl": args.osl}
-    result.update(measure_ceilings(device, spec.dtype))
+    result.update(measure_ceilings(device, spec.dtype, fp8=spec.quant.method.startswith("fp8")))
     if args.peer:
         from ingot.bench.peer import run_peer
 

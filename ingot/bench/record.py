@@ -9,6 +9,12 @@ from the record's own stored fields, so a reader recomputes it from the file alo
     decode_floor_ratio    = decode_tok_s_total / decode_floor_tok_s
     compute_ceiling_tok_s = matmul_tflops x 1e12 / flops_per_output_token
     compute_ceiling_ratio = output_tok_s / compute_ceiling_tok_s
+
+An FP8 engine runs its block linear layers on the FP8 tensor cores and the rest (lm_head,
+attention) in the model dtype, so its ceiling adds the two times a token costs:
+
+    compute_ceiling_tok_s = 1e12 / (flops_per_output_token_fp8 / matmul_fp8_tflops
+                                    + (flops_per_output_token - flops_per_output_token_fp8) / matmul_tflops)
 """
 
 from __future__ import annotations
@@ -71,7 +77,14 @@ def add_decode_floor(record: dict, spec, batch: int, isl: int, osl: int) -> None
 def add_compute_ceiling(record: dict, spec, lengths: list[tuple[int, int]]) -> None:
     """FLOPs per output token of the workload's (isl, osl) pairs, the ceiling and its ratio."""
     record["flops_per_output_token"] = round(floors.flops_per_output_token(spec.model, lengths))
-    record["compute_ceiling_tok_s"] = round(record["matmul_tflops"] * 1e12 / record["flops_per_output_token"], 3)
+    seconds_per_tflop = 1 / record["matmul_tflops"]
+    if "matmul_fp8_tflops" in record:
+        fp8 = record["flops_per_output_token_fp8"] = round(floors.flops_per_output_token(spec.model, lengths,
+                                                                                        "block_linear"))
+        rest = record["flops_per_output_token"] - fp8
+        seconds_per_tflop = (fp8 / record["matmul_fp8_tflops"] + rest / record["matmul_tflops"]) \
+            / record["flops_per_output_token"]
+    record["compute_ceiling_tok_s"] = round(1e12 / seconds_per_tflop / record["flops_per_output_token"], 3)
     record["compute_ceiling_ratio"] = round(record["output_tok_s"] / record["compute_ceiling_tok_s"], 4)
 
 

@@ -105,7 +105,7 @@ def _start_record(args: argparse.Namespace) -> dict:
     device = "cuda" if spec.target.kind == "cuda" else "cpu"
     return {**record.header(record.device_name(device), getattr(args, "argv", None)), "benchmark": "serve",
             "config": config, "engine": record.engine_summary(spec, args.engine), "dtype": spec.dtype,
-            "quant": spec.quant.method, **measure_ceilings(device, spec.dtype)}
+            "quant": spec.quant.method, **measure_ceilings(device, spec.dtype, fp8=spec.quant.method.startswith("fp8"))}
 
 
 def _engine_spec(args: argparse.Namespace):

@@ -127,3 +127,19 @@ def test_peer_config_has_the_engine_shapes(tiny_engine):
     config = hf_config(spec.model.to_dict(), spec.dtype)
     assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads, config.vocab_size) == (
         spec.model.hidden_size, spec.model.num_layers, spec.model.num_kv_heads, spec.model.vocab_size)
+
+
+def test_fp8_ceiling_adds_the_fp8_and_the_model_dtype_times(llama_8b):
+    """An FP8 engine's block linears run at the FP8 matmul rate, the lm_head and attention at the
+    bf16 one: the ceiling is one token's time summed over the two, recomputable from the record."""
+    from types import SimpleNamespace
+
+    from ingot.bench.record import add_compute_ceiling
+
+    record = {"matmul_tflops": 800.0, "matmul_fp8_tflops": 1600.0, "output_tok_s": 1000.0}
+    add_compute_ceiling(record, SimpleNamespace(model=llama_8b), [(128, 128)])
+    fp8, total = record["flops_per_output_token_fp8"], record["flops_per_output_token"]
+    assert 0.8 * total < fp8 < total
+    seconds = fp8 / 1600e12 + (total - fp8) / 800e12
+    assert record["compute_ceiling_tok_s"] == pytest.approx(1 / seconds, rel=1e-6)
+    assert 800e12 / total < record["compute_ceiling_tok_s"] < 1600e12 / total
