@@ -31,7 +31,7 @@ _BLOCK = 2048  # columns per chunk of the two-pass row kernels
 def row_scale(amax, static_scale_ptr, scale_ptr, row, DYNAMIC: tl.constexpr):
     """The row's scale: from its largest magnitude (stored for the GEMM's epilogue), or the static one."""
     if DYNAMIC:
-        scale = tl.maximum(amax / 448.0, 1e-12)  # E4M3_MAX, MIN_SCALE
+        scale = tl.maximum(tl.math.div_rn(amax, 448.0), 1e-12)  # E4M3_MAX, MIN_SCALE; IEEE division as torch's
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(static_scale_ptr).to(tl.float32)
@@ -46,7 +46,7 @@ def to_e4m3(y, scale):
     divides v, and adding then subtracting 1.5 * 2^23 rounds the quotient (|v / step| <= 16) to an
     integer, ties to even. Triton 3.6's interpreter rounds fp32 -> fp8 casts wrongly (it drops the
     carry into the exponent: 31.8 becomes 16), so a bare cast would pass on the GPU and fail in CI."""
-    v = tl.clamp(y / scale, -448.0, 448.0)
+    v = tl.clamp(tl.math.div_rn(y, scale), -448.0, 448.0)  # IEEE division, as torch's x / scale
     exponent = tl.maximum(((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
     step = ((exponent + 124) << 23).to(tl.float32, bitcast=True)  # 2^(exponent - 3)
     rounded = ((v / step + 12582912.0) - 12582912.0) * step
