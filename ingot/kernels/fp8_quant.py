@@ -5,8 +5,8 @@
     q = E4M3(clamp(x / scale, -448, 448))      the numerics of fp8_format.quantize
 
 The quantization is fused into the kernel that makes the activation where TensorRT-LLM fuses it:
-RMSNorm (ingot/kernels/rmsnorm.py, whole row in registers) and SiLU·mul (here: its row is up to
-tens of thousands wide, so a dynamic scale takes two passes over it, the second from L2). The
+RMSNorm (ingot/kernels/rmsnorm.py, whole row in registers) and SiLU·mul (here: a row of up to
+16k sits in registers; a wider one takes two passes, the second from L2, for its dynamic scale). The
 attention output, which no kernel of ours produces row by row, is quantized by `quantize_fp8`.
 
 Each fused kernel rounds the activation to the model dtype before quantizing, so that fused and
@@ -24,14 +24,15 @@ import triton.language as tl
 from ingot.kernels._checks import check_dtype, check_last_dim_contiguous, check_same_device, sig
 from ingot.quantization.fp8_format import E4M3_MAX, FP8_DTYPE, MIN_SCALE
 
-_BLOCK = 2048  # columns per chunk of the two-pass row kernels
+_WHOLE_ROW = 16384  # rows up to this width sit in registers: one pass; wider ones take two, in chunks
+_CHUNK = 4096
 
 
 @triton.jit
 def row_scale(amax, static_scale_ptr, scale_ptr, row, DYNAMIC: tl.constexpr):
     """The row's scale: from its largest magnitude (stored for the GEMM's epilogue), or the static one."""
     if DYNAMIC:
-        scale = tl.maximum(tl.math.div_rn(amax, 448.0), 1e-12)  # E4M3_MAX, MIN_SCALE; IEEE division as torch's
+        scale = tl.maximum(amax * (1.0 / 448.0), 1e-12)  # fp8_format.scale_for: E4M3_MAX, MIN_SCALE
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(static_scale_ptr).to(tl.float32)
@@ -49,7 +50,8 @@ def to_e4m3(y, scale):
     v = tl.clamp(tl.math.div_rn(y, scale), -448.0, 448.0)  # IEEE division, as torch's x / scale
     exponent = tl.maximum(((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
     step = ((exponent + 124) << 23).to(tl.float32, bitcast=True)  # 2^(exponent - 3)
-    rounded = ((v / step + 12582912.0) - 12582912.0) * step
+    inverse_step = ((130 - exponent) << 23).to(tl.float32, bitcast=True)  # exact: Triton's "/" is approximate
+    rounded = ((v * inverse_step + 12582912.0) - 12582912.0) * step
     return rounded.to(tl.float8e4nv)
 
 
@@ -69,8 +71,15 @@ def _operand(x_ptr, row, cols, mask, stride_x, width, SILU_MUL: tl.constexpr):
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, static_scale_ptr, stride_x, stride_q, width,
-                          SILU_MUL: tl.constexpr, DYNAMIC: tl.constexpr, BLOCK: tl.constexpr):
+                          SILU_MUL: tl.constexpr, DYNAMIC: tl.constexpr, BLOCK: tl.constexpr, WHOLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    if WHOLE:  # the row in registers: read once (a decode step's one row takes a few microseconds)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        y = _operand(x_ptr, row, cols, mask, stride_x, width, SILU_MUL)
+        scale = row_scale(tl.max(tl.abs(y), axis=0), static_scale_ptr, scale_ptr, row, DYNAMIC)
+        tl.store(q_ptr + row * stride_q + cols, to_e4m3(y, scale), mask=mask)
+        return
     amax = 0.0
     if DYNAMIC:
         for c0 in range(0, width, BLOCK):
@@ -106,9 +115,11 @@ def _launch(x, static_scale, silu_mul: bool):
     q = torch.empty((rows, width), dtype=FP8_DTYPE, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device) if static_scale is None else static_scale
     if rows > 0 and width > 0:
+        whole = width <= _WHOLE_ROW
+        block = triton.next_power_of_2(width) if whole else _CHUNK
         _quantize_rows_kernel[(rows,)](x2, q, scale, scale, x2.stride(0), q.stride(0), width, SILU_MUL=silu_mul,
-                                       DYNAMIC=static_scale is None, BLOCK=min(_BLOCK, triton.next_power_of_2(width)),
-                                       num_warps=8)
+                                       DYNAMIC=static_scale is None, BLOCK=block, WHOLE=whole,
+                                       num_warps=max(1, min(16, block // 256)))
     return q, scale
 
 

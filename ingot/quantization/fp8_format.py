@@ -43,8 +43,11 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
 
 
 def scale_for(amax: torch.Tensor) -> torch.Tensor:
-    """The scale that maps a largest magnitude `amax` onto 448, float32."""
-    return (amax.float() / E4M3_MAX).clamp(min=MIN_SCALE)
+    """The scale that maps a largest magnitude `amax` onto 448, float32. A multiplication by the
+    float32 1/448, not a division: torch divides by a Python number as a multiplication by its
+    reciprocal on CUDA and exactly on the CPU, and the kernels (ingot/kernels/fp8_quant.py) must
+    give the same scale as both."""
+    return (amax.float() * (1.0 / E4M3_MAX)).clamp(min=MIN_SCALE)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

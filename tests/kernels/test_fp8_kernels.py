@@ -31,7 +31,7 @@ def _assert_same_quantized(got, want):
 
 
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("rows,width", [(1, 16), (5, 300), (3, 2500)])
+@pytest.mark.parametrize("rows,width", [(1, 16), (5, 300), (3, 2500), (2, 17000)])
 def test_quantize_fp8(rows, width, static):
     torch.manual_seed(rows * width)
     x = (torch.randn(rows, width) * 3).half()
