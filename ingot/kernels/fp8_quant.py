@@ -52,6 +52,7 @@ def to_e4m3(y, scale):
     step = ((exponent + 124) << 23).to(tl.float32, bitcast=True)  # 2^(exponent - 3)
     inverse_step = ((130 - exponent) << 23).to(tl.float32, bitcast=True)  # exact: Triton's "/" is approximate
     rounded = ((v * inverse_step + 12582912.0) - 12582912.0) * step
+    rounded = tl.where(rounded == 0.0, v * 0.0, rounded)  # keep the sign of a value that rounds to zero: -0.0
     return rounded.to(tl.float8e4nv)
 
 

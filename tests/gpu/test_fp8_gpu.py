@@ -114,16 +114,41 @@ def _engine(engine_dir, **kwargs):
     return LLMEngine(engine_dir, CacheConfig(max_cache_bytes=1 << 30), device="cuda", **kwargs)
 
 
-def test_fp8_engine_logits_match_a_reference_of_the_scheme(checkpoint, calib_text, fp8_engine):
-    from ingot.quantization.calibration import text_samples
+def _prefill_logits(engine, prompt):
     from ingot.sampling_params import SamplingParams
+
+    request = engine.add_request(prompt, SamplingParams(max_tokens=1))
+    inputs = engine.runner.prepare(engine.scheduler.schedule())
+    with torch.inference_mode():
+        logits = engine.model.compute_logits(engine.model(inputs.input_ids, inputs.positions, engine.pool.layers,
+                                                          inputs.metadata))
+    engine.abort_request(request.request_id)
+    return logits
+
+
+def _emulate_gemms(engine) -> int:
+    """Make every FP8 layer multiply with fp8_linear_emulated (the CPU runtime's formula, fp32) in place
+    of its tuned kernels; the quantization kernels stay (their bytes are checked against torch above)."""
+    from ingot.quantization.fp8_method import Fp8LinearMethod
+
+    def emulated(x_q, x_scale, w_q, w_scale, bias, out_dtype):
+        return fp8_linear_emulated(x_q, x_scale, w_q, w_scale, bias, out_dtype)
+
+    methods = [m.method for m in engine.model.modules() if isinstance(getattr(m, "method", None), Fp8LinearMethod)]
+    for method in methods:
+        method.tactics = [(1 << 62, emulated)]
+    return len(methods)
+
+
+def test_fp8_engine_logits_equal_the_emulation_and_track_the_scheme(checkpoint, calib_text, fp8_engine):
+    """The GPU engine (fused quantization, tuned FP8 kernels) against the same engine multiplying by
+    the CPU emulation's formula: equal up to fp32 summation order. Against a reference of the
+    scheme on transformers (fp32 activations, where the engine's are bf16): the same top token."""
+    from ingot.quantization.calibration import text_samples
     from ingot.tokenizer import Tokenizer
     from tests.quantization.test_fp8_engine import _reference_model
 
     scaling, engine_dir = fp8_engine
-    tactics = json.loads((engine_dir / "engine.json").read_text())["tactics"]
-    assert set(tactics["qkv_proj"].values()) <= {"scaled_mm"} | {t for t in tactics["qkv_proj"].values()
-                                                                 if t.startswith(("triton:", "gemv:"))}
     hf_model = checkpoint[1]
     samples = text_samples(calib_text, Tokenizer.from_dir(checkpoint[0]), 4, 64).samples if scaling == "per_tensor" else []
     reference_model = _reference_model(hf_model.cpu(), scaling, samples).cuda()
@@ -132,23 +157,15 @@ def test_fp8_engine_logits_match_a_reference_of_the_scheme(checkpoint, calib_tex
             if isinstance(getattr(module, name, None), torch.Tensor):
                 setattr(module, name, getattr(module, name).cuda())
     hf_model.cuda()
-    engine = _engine(engine_dir, enforce_eager=True)
+    engine, emulated = _engine(engine_dir, enforce_eager=True), _engine(engine_dir, enforce_eager=True)
+    assert _emulate_gemms(emulated) == 2 * 4
     rng = random.Random(1)
     for length in (1, 7, 300):
         prompt = [rng.randrange(32000) for _ in range(length)]
-        request = engine.add_request(prompt, SamplingParams(max_tokens=1))
-        inputs = engine.runner.prepare(engine.scheduler.schedule())
+        ours, theirs = _prefill_logits(engine, prompt), _prefill_logits(emulated, prompt)
+        assert (ours - theirs).abs().max().item() <= 0.01 * theirs.abs().max().item(), length
         with torch.inference_mode():
-            ours = engine.model.compute_logits(engine.model(inputs.input_ids, inputs.positions, engine.pool.layers,
-                                                            inputs.metadata))
             reference = reference_model(torch.tensor([prompt], device="cuda")).logits[0].float()
-            unquantized = hf_model(torch.tensor([prompt], device="cuda")).logits[0].float()
-        engine.abort_request(request.request_id)
-        fp8_error = (reference - unquantized).abs().max().item()
-        ours_error = (ours - reference).abs().max().item()
-        assert fp8_error > 0, "the scheme must change the logits"
-        # bf16 activations against the reference's fp32 ones: measured errors go in the message
-        assert ours_error < 0.03 * reference.abs().max().item(), (length, ours_error, fp8_error)
         agree = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
         assert agree >= 0.9, (length, agree)
 
