@@ -57,6 +57,11 @@ class ServerState:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 
+    def count_response(self, path: str, status: int) -> None:
+        """Every answer the server sends, by route and status: the app's (the Gate) and those the HTTP
+        protocol makes itself (431, 408, 400 for a request that is not HTTP: http_protocol.py)."""
+        self.metrics.http_requests.labels(route=_route_label(path), status=str(status)).inc()
+
     def model(self, model: str | None) -> ServedModel:
         """The engine the OpenAI `model` field names; APIError 404 (or 400) naming what is served."""
         try:
@@ -100,7 +105,7 @@ class Gate:
         try:
             await self._route(scope, receive, send_and_record, path, status)
         finally:
-            self.state.metrics.http_requests.labels(route=_route_label(path), status=str(status[0])).inc()
+            self.state.count_response(path, status[0])
 
     async def _route(self, scope, receive, send, path: str, status: list[int]) -> None:
         kserve = path.startswith("/v2/")
@@ -125,7 +130,9 @@ class Gate:
         except APIError as error:
             return await refuse(error)
         if body is None:  # the client went away mid-upload: nothing to answer, nothing to log as an error
-            logger.info("client disconnected before sending its whole %s body", path)
+            client = scope.get("client") or ("-",)
+            logger.info("499 %s: the client closed the connection before sending its whole %s %s body",
+                        client[0], scope["method"], path)
             status[0] = 499
             return None
         receive = _replaying(body, receive)

@@ -10,6 +10,9 @@
 
 A refused client may still be sending: what it sends is read and dropped for up to LINGER_S after the
 answer, so that closing does not reset the connection before the client has read the answer.
+
+These answers, and uvicorn's own 400 for bytes that are not HTTP, never reach the app, so the app's
+Gate cannot count them: `count(path, status)` (ServerState.count_response) counts them for /metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from http import HTTPStatus
 
 import h11
@@ -34,9 +38,10 @@ logger = logging.getLogger("ingot.serve")
 class GuardedH11Protocol(H11Protocol):
     """Made by uvicorn per connection; `limits` is bound with functools.partial (server.py)."""
 
-    def __init__(self, *args, limits: ServeLimits, **kwargs) -> None:
+    def __init__(self, *args, limits: ServeLimits, count: Callable[[str, int], None] = lambda path, status: None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits
+        self.limits, self.count = limits, count
         self._head_timer = None
         self._refused = False
 
@@ -49,9 +54,10 @@ class GuardedH11Protocol(H11Protocol):
             return
         waiting_for_head = self.conn.their_state is h11.IDLE
         if waiting_for_head and (size := self._head_size(data)) > self.limits.max_header_bytes:
-            return self._refuse(431, f"the request's line and headers reached {size} bytes, over this "
-                                f"server's limit of {self.limits.max_header_bytes} ({flag('max_header_bytes')}); "
-                                "send fewer or shorter headers", "request_header_fields_too_large")
+            return self._refuse(431, self._path(data), f"the request's line and headers reached {size} bytes, "
+                                f"over this server's limit of {self.limits.max_header_bytes} "
+                                f"({flag('max_header_bytes')}); send fewer or shorter headers",
+                                "request_header_fields_too_large")
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._cancel_head_timer()
@@ -87,11 +93,24 @@ class GuardedH11Protocol(H11Protocol):
         if not self.conn.trailing_data[0].strip():
             self.transport.close()  # idle: nothing was asked, nothing to answer
             return
-        self._refuse(408, f"the request's headers did not arrive within {self.limits.read_timeout:g} s "
-                          f"({flag('read_timeout')})", "request_timeout")
+        self._refuse(408, self._path(), f"the request's headers did not arrive within "
+                                        f"{self.limits.read_timeout:g} s ({flag('read_timeout')})", "request_timeout")
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes h11 cannot parse as a request, counted."""
+        self.count(self._path(), 400)
+        super().send_400_response(msg)
+
+    def _path(self, data: bytes = b"") -> str:
+        """The path of the request line received so far ("" before there is one)."""
+        line = (bytes(self.conn.trailing_data[0][:8192]) + data[:8192]).split(b"\n", 1)[0]
+        parts = line.split(b" ")
+        path = parts[1].split(b"?", 1)[0].decode("latin-1") if len(parts) > 2 else ""
+        return path if path.startswith("/") else ""
+
+    def _refuse(self, status: int, path: str, message: str, code: str) -> None:
         """Answer, stop reading the request (what still comes is dropped), close after LINGER_S."""
+        self.count(path, status)
         self._cancel_head_timer()
         self._unset_keepalive_if_required()
         self._refused = True

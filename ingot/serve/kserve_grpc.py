@@ -17,6 +17,18 @@ RepositoryModelUnload. Other RPCs answer UNIMPLEMENTED (grpc's default). Errors:
 for malformed tensors or a failed load, NOT_FOUND for an unknown (or unloaded) model, UNAVAILABLE
 while draining or when the engine stopped; on a stream, a failed request gets a response with
 error_message and the stream goes on.
+
+The HTTP server's limits (limits.py) hold here too, in gRPC's terms:
+
+    max_body_bytes     largest request message (RESOURCE_EXHAUSTED above: gRPC's own check)
+    max_header_bytes   largest request metadata (RESOURCE_EXHAUSTED above: gRPC's own check)
+    read_timeout       a connection's HTTP/2 handshake (the connection is closed), and a unary call's
+                       request message from the call's start (DEADLINE_EXCEEDED: ReadDeadline)
+
+A connection that has shaken hands may stay open with no call (channels are kept for reuse, and
+closing idle ones made calls that raced the close fail with UNAVAILABLE), and a ModelStreamInfer
+stream may stay quiet between its requests (Triton's clients hold one open), so its messages have no
+deadline, only the size cap. No request holds a --max-queue slot before its message is whole.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import logging
 from contextlib import aclosing
 
 import grpc
@@ -34,6 +47,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from ingot.serve import kserve_model as model
 from ingot.serve.admission import QueueSlots
 from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, from_binary, serialize_bytes
+from ingot.serve.limits import flag
 
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -47,15 +61,55 @@ FINAL = "triton_final_response"
 EMPTY_FINAL = "triton_enable_empty_final_response"
 
 _ids = itertools.count()
+logger = logging.getLogger("ingot.serve")
 
 
 async def start(state, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server()
+    limits = state.limits
+    server = grpc.aio.server(interceptors=[ReadDeadline(limits.read_timeout)], options=[
+        ("grpc.max_receive_message_length", limits.max_body_bytes),
+        ("grpc.max_metadata_size", limits.max_header_bytes),  # gRPC refuses some calls above this soft limit,
+        ("grpc.absolute_max_metadata_size", limits.max_header_bytes),  # and every call above the hard one
+        ("grpc.server_handshake_timeout_ms", int(limits.read_timeout * 1000))])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Service(state), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     await server.start()
     return server
+
+
+class ReadDeadline(grpc.aio.ServerInterceptor):
+    """A unary call's request message must arrive whole within `timeout` seconds of the call's start.
+
+    grpc.aio reads a unary call's message before its handler runs, and has no deadline of its own for
+    it: a client that sends the headers and part of a message holds the call (and the part, up to
+    max_receive_message_length) for as long as it likes. Served as stream-unary instead (the same
+    bytes on the wire), the handler runs at the call's start and reads the message itself, with a
+    deadline."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        unary, timeout = handler.unary_unary, self.timeout
+
+        async def read_then_handle(requests, context):
+            try:
+                request = await asyncio.wait_for(anext(aiter(requests)), timeout)
+            except StopAsyncIteration:  # no message: the call ended first (gRPC refused it, or the client left)
+                raise asyncio.CancelledError from None  # what grpc.aio's own unary path does: nothing to answer
+            except asyncio.TimeoutError:
+                logger.warning("gRPC %s from %s: the request message did not arrive within %g s (--read-timeout)",
+                               handler_call_details.method, context.peer(), timeout)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the request message did not arrive "
+                                    f"within {timeout:g} s ({flag('read_timeout')})")
+            return await unary(request, context)
+
+        return grpc.stream_unary_rpc_method_handler(read_then_handle, handler.request_deserializer,
+                                                    handler.response_serializer)
 
 
 class Service(service_pb2_grpc.GRPCInferenceServiceServicer):

@@ -35,6 +35,7 @@ from ingot.serve.errors import APIError
 from ingot.serve.generation import Job, stream_outputs
 from ingot.serve.kserve_tensors import DTYPES, KServeError, bad, datatype_of
 from ingot.serve.limits import flag
+from ingot.serve.protocol import check_stop_caps
 
 # name -> (datatype, dims without the batch dimension, required)
 INPUTS = {
@@ -203,11 +204,17 @@ def _row(text: str, i: int, batch: int, inputs: dict) -> Row:
 
 def admit_rows(state, slots: QueueSlots, rows: list[Row]) -> None:
     """Each row is a prompt, a request in the engine: at most --max-prompts-per-request of them, each
-    holding a --max-queue slot (admission.py), as the prompts of /v1/completions do."""
+    holding a --max-queue slot (admission.py), as the prompts of /v1/completions do; their stop_words
+    within the caps on stop strings."""
     most = state.limits.max_prompts_per_request
     if len(rows) > most:
         raise bad(f"{len(rows)} rows of 'text_input' in one request, over this server's limit of {most} "
                   f"({flag('max_prompts_per_request')}); send them in several requests")
+    for row in rows:
+        try:
+            check_stop_caps(row.params.stop, state.limits, "stop_words")
+        except APIError as exc:
+            raise bad(f"input 'stop_words': {exc.message}") from None
     try:
         slots.hold(len(rows))
     except APIError as exc:

@@ -81,14 +81,7 @@ class _SamplingFields(_Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def check_supported(self, limits: ServeLimits) -> None:
-        stops = _as_list(self.stop)
-        if len(stops) > limits.max_stop_strings:
-            raise bad_request(f"{len(stops)} stop strings, over this server's limit of {limits.max_stop_strings} "
-                              f"({flag('max_stop_strings')}); send fewer", "stop")
-        longest = max(map(len, stops), default=0)
-        if longest > limits.max_stop_string_chars:
-            raise bad_request(f"a stop string of {longest} characters, over this server's limit of "
-                              f"{limits.max_stop_string_chars} ({flag('max_stop_string_chars')}); shorten it", "stop")
+        check_stop_caps(_as_list(self.stop), limits, "stop")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported by ingot", "logit_bias")
         if self.stream_options is not None and not self.stream:
@@ -198,6 +191,17 @@ class ChatCompletionRequest(_SamplingFields):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def check_stop_caps(stops: list[str], limits: ServeLimits, param: str) -> None:
+    """Stop strings against --max-stop-strings and --max-stop-string-chars; APIError 400 naming param."""
+    if len(stops) > limits.max_stop_strings:
+        raise bad_request(f"{len(stops)} stop strings, over this server's limit of {limits.max_stop_strings} "
+                          f"({flag('max_stop_strings')}); send fewer", param)
+    longest = max(map(len, stops), default=0)
+    if longest > limits.max_stop_string_chars:
+        raise bad_request(f"a stop string of {longest} characters, over this server's limit of "
+                          f"{limits.max_stop_string_chars} ({flag('max_stop_string_chars')}); shorten it", param)
 
 
 def _as_list(stop: str | list[str] | None) -> list[str]:

@@ -157,8 +157,11 @@ def test_bodies_over_the_limit_are_413(guarded_server):
 def test_a_huge_header_is_a_431_not_a_reset(server, guarded_server):
     """Issue 21: a 1 MB header reset the connection. --max-header-bytes moves the limit (32 KiB by
     default, 16 KiB on the guarded server)."""
+    counted = 'ingot_http_requests_total{route="/health",status="431"}'
+    before = server.metrics().get(counted, 0)
     big = httpx.get(f"{server.url}/health", headers={"X-Big": "a" * 1_000_000}, timeout=30)
     assert big.status_code == 431 and big.json()["error"]["code"] == "request_header_fields_too_large"
+    assert server.metrics()[counted] == before + 1, "answers the HTTP protocol makes itself are counted too"
     medium = {"X-Big": "a" * 20_000}
     assert httpx.get(f"{server.url}/health", headers=medium, timeout=30).status_code == 200
     refused = httpx.get(f"{guarded_server.url}/health", headers=medium, timeout=30)
@@ -189,6 +192,15 @@ def test_each_prompt_takes_a_queue_slot(guarded_server):
     assert len(httpx.post(v2, json=two_rows, headers=headers, timeout=30).json()["text_output"]) == 2
     over = httpx.post(v2, json={**two_rows, "text_input": ["a", "b", "c"]}, headers=headers, timeout=30)
     assert over.status_code == 400 and "(--max-prompts-per-request)" in over.json()["error"]
+
+
+def test_kserve_stop_words_have_the_same_caps(server, guarded_server):
+    body = {"text_input": "hi", "max_tokens": 1, "stop_words": ["s1", "s2", "s3", "s4", "s5"]}
+    assert httpx.post(f"{server.url}/v2/models/tiny/generate", json=body, timeout=30).status_code == 200
+    refused = httpx.post(f"{guarded_server.url}/v2/models/tiny/generate", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {API_KEY}"})
+    assert refused.status_code == 400 and "input 'stop_words': 5 stop strings" in refused.json()["error"]
+    assert "(--max-stop-strings)" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(("change", "param", "flag"), [
@@ -251,13 +263,18 @@ def test_api_key_required(guarded_server):
 
 
 def test_sigterm_with_a_stream_open_shuts_down_cleanly(serve_engine, tmp_path):
-    """The stream gets --shutdown-timeout to finish, is then aborted, and the engine stops.
-    (The session servers' teardowns check SIGTERM and SIGINT on idle servers.)"""
+    """/health turns 503 at once (on the port, still open), the streams get --shutdown-timeout to finish,
+    are then aborted, and the engine stops. (The session servers' teardowns check SIGTERM and SIGINT
+    on idle servers.)"""
     server = start_server(serve_engine, tmp_path / "server.log", "--shutdown-timeout", "1")
     try:
         client, streams = _open_streams(server, 2)
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
+        health = httpx.get(f"{server.url}/health", timeout=10)  # the first request after the signal
+        assert health.status_code == 503 and health.json()["error"]["code"] == "shutting_down"
+        refused = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "hi"}, timeout=10)
+        assert refused.status_code == 503 and time.monotonic() - started < 1
         for _, lines in streams:  # each stream ends properly: an "abort" chunk, an error event, [DONE]
             rest = [line for line in lines if line.startswith("data:")]
             assert rest[-1] == "data: [DONE]"
