@@ -58,14 +58,20 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _load_chat_template(path: Path, config: dict) -> str | dict[str, str] | None:
-    """chat_template.jinja (transformers 5 layout) wins over the template in tokenizer_config."""
-    if (path / "chat_template.jinja").is_file():
-        return (path / "chat_template.jinja").read_text(encoding="utf-8")
-    template = _read_json(path / "chat_template.json").get("chat_template", config.get("chat_template"))
+def _load_chat_template(path: Path, config: dict) -> tuple[str | dict[str, str] | None, str]:
+    """(the template, the file it is in): chat_template.jinja (transformers 5 layout) wins over
+    chat_template.json, which wins over the template in tokenizer_config.json."""
+    if (jinja := path / "chat_template.jinja").is_file():
+        try:
+            return jinja.read_text(encoding="utf-8"), str(jinja)
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{jinja} is not UTF-8 text ({exc}); {_RESTORE}") from None
+    separate = _read_json(path / "chat_template.json")
+    where = path / ("chat_template.json" if "chat_template" in separate else "tokenizer_config.json")
+    template = separate.get("chat_template", config.get("chat_template"))
     if isinstance(template, list):  # [{"name": "default", "template": "..."}, {"name": "tool_use", ...}]
         template = {t["name"]: t["template"] for t in template}
-    return template
+    return template, str(where)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -104,11 +110,13 @@ def compile_chat_template(source: str) -> jinja2.Template:
 
 class Tokenizer:
     def __init__(self, backend: tokenizers.Tokenizer, config: dict, generation_config: dict | None = None,
-                 chat_template: str | dict[str, str] | None = None, name: str = "tokenizer") -> None:
+                 chat_template: str | dict[str, str] | None = None, name: str = "tokenizer",
+                 chat_template_file: str | None = None) -> None:
         self._tok = backend
         self.config = config
         self.name = name
         self.chat_template = chat_template
+        self.chat_template_file = chat_template_file or f"{name}'s chat template"  # named in template errors
         self.special_tokens = {k: s for k in NAMED_SPECIAL_TOKENS if (s := _token_str(config.get(k))) is not None}
         if config.get("split_special_tokens"):
             backend.encode_special_tokens = True
@@ -140,7 +148,8 @@ class Tokenizer:
         config = {**_read_json(path / "special_tokens_map.json"), **_read_json(path / "tokenizer_config.json")}
         generation_config = _read_json(path / "generation_config.json")
         try:
-            return cls(backend, config, generation_config, _load_chat_template(path, config), name=str(path))
+            template, template_file = _load_chat_template(path, config)
+            return cls(backend, config, generation_config, template, name=str(path), chat_template_file=template_file)
         except (TypeError, ValueError, AttributeError, KeyError, jinja2.TemplateError) as exc:
             raise CheckpointError(f"the tokenizer files in {path} do not fit together ({type(exc).__name__}: {exc}); "
                                   f"{_RESTORE}") from None
@@ -237,14 +246,15 @@ class Tokenizer:
         # OpenAI clients send content=None / tool_calls=None; templates handle a missing key better.
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
         variables = {**self.special_tokens, **kwargs}  # caller's kwargs override the special tokens
+        where = "the chat template given" if chat_template else f"the chat template of {self.chat_template_file}"
         try:
             return template.render(messages=messages, tools=tools, documents=documents,
                                    add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.TemplateError as e:
-            raise RequestError(f"the chat template rejected these messages: {e}") from e
+            raise RequestError(f"{where} rejected these messages: {e}") from e
         except Exception as e:  # a template's own bug (1/0, a missing key) must not become a server error
-            raise RequestError(f"the model's chat template failed on these messages ({type(e).__name__}: {e}); "
-                               "its template (tokenizer_config.json or chat_template.jinja) needs fixing") from e
+            raise RequestError(f"{where} failed on these messages ({type(e).__name__}: {e}); the template "
+                               "needs fixing") from e
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
         """Template then encode. The template writes BOS itself when the model wants one, so no special
@@ -262,8 +272,17 @@ class Tokenizer:
                 "chat messages cannot be formatted: send a plain text prompt (/v1/completions, or LLM.generate "
                 "with a string) or pass chat_template=..."
             )
+        if not isinstance(source, str):
+            raise RequestError(f"the chat template of {self.chat_template_file} is a JSON {type(source).__name__}, "
+                               "not a string of Jinja; the template needs fixing")
         if source not in self._templates:
-            self._templates[source] = compile_chat_template(source)
+            try:
+                self._templates[source] = compile_chat_template(source)
+            except Exception as e:  # found at the first chat request: that request's error, not the server's
+                cause = e.__cause__ or e
+                where = "the chat template given" if override else f"the chat template of {self.chat_template_file}"
+                raise RequestError(f"{where} does not compile ({type(cause).__name__}: {cause}); the template "
+                                   "needs fixing") from e
         return self._templates[source]
 
 

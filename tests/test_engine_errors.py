@@ -257,7 +257,10 @@ def _set_in_engine_json(section: str | None, key: str, value):
     (lambda d: (d / "tokenizer_config.json").write_text("{{{"), CheckpointError, r"tokenizer_config.json is not valid JSON"),
     (lambda d: (d / "generation_config.json").write_text("[1]"), CheckpointError,
      r"generation_config.json holds a JSON list, not an object"),
-], ids=["dtype", "non-utf8", "missing-section", "vocab", "tokenizer", "tokenizer-config", "generation-config"])
+    (lambda d: (d / "chat_template.jinja").write_bytes(b"\xff\xfe"), CheckpointError,
+     r"chat_template.jinja is not UTF-8 text .*; copy it again"),
+], ids=["dtype", "non-utf8", "missing-section", "vocab", "tokenizer", "tokenizer-config", "generation-config",
+        "chat-template-jinja"])
 def test_malformed_engine_files_are_one_line_errors(tiny_engine, tmp_path, mutate, error, message):
     """Issue 21: each of these ended in a traceback."""
     engine_dir = _copy_engine(tiny_engine, tmp_path)
@@ -266,11 +269,20 @@ def test_malformed_engine_files_are_one_line_errors(tiny_engine, tmp_path, mutat
         LLMEngine(engine_dir, device="cpu")
 
 
-def test_a_chat_template_that_fails_is_a_request_error(tiny_engine, tmp_path):
+@pytest.mark.parametrize(("template", "message"), [
+    ("{% for m in messages %}{{ m.content }}{{ 1 / 0 }}{% endfor %}",
+     r"tokenizer_config.json failed on these messages \(ZeroDivisionError"),
+    ("{% for m in messages %}", r"tokenizer_config.json does not compile \(TemplateSyntaxError"),
+    ({"default": 5}, r"tokenizer_config.json is a JSON int, not a string of Jinja"),
+], ids=["raises", "syntax", "not-a-string"])
+def test_a_chat_template_that_fails_is_a_request_error(tiny_engine, tmp_path, template, message):
+    """Each kind of template failure is the chat request's error (the server's 400), naming the file."""
+    from ingot.tokenizer import Tokenizer
+
     engine_dir = _copy_engine(tiny_engine, tmp_path)
     config = json.loads((engine_dir / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}{{ m.content }}{{ 1 / 0 }}{% endfor %}"
+    config["chat_template"] = template
     (engine_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    engine = LLMEngine(engine_dir, device="cpu")
-    with pytest.raises(RequestError, match=r"chat template failed on these messages \(ZeroDivisionError"):
-        engine.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+    tokenizer = Tokenizer.from_dir(engine_dir)
+    with pytest.raises(RequestError, match=r"the chat template of .*" + message):
+        tokenizer.encode_chat([{"role": "user", "content": "hi"}])

@@ -181,7 +181,9 @@ def test_template_that_raises_gives_clear_error(pair):
 
 def test_broken_template_and_missing_files(tmp_path):
     tok = Tokenizer.from_dir(write_tokenizer_dir(tmp_path, False, None, template="{% for m in messages %}"))
-    with pytest.raises(CheckpointError, match="does not compile"):
+    # found at the first chat request, it is that request's error (a 400 from the server), naming the file
+    with pytest.raises(RequestError, match=r"the chat template of .*tokenizer_config.json does not compile "
+                                           r"\(TemplateSyntaxError: .*\); the template needs fixing"):
         tok.apply_chat_template(MESSAGES[0])
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer.from_dir(tmp_path / "missing")

@@ -63,6 +63,30 @@ def test_engine_failure_mid_stream_is_an_error_event_then_done():
     assert events[-1] == "[DONE]"
 
 
+@pytest.mark.parametrize("template", ["{{ 1 / 0 }}", "{% for m in messages %}", "{{ raise_exception('no') }}",
+                                      {"default": 5}])
+def test_a_chat_template_that_fails_is_a_400_naming_it(template):
+    """Issue 21: a template that raised anything but TemplateError would 500 every chat request."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.models import WordLevel
+
+    from ingot.tokenizer import Tokenizer
+
+    llm = FailingLLM(RuntimeError("not reached"))
+    llm.tokenizer = Tokenizer(Backend(WordLevel({"hi": 0, "<unk>": 1}, unk_token="<unk>")), {},
+                              chat_template=template, chat_template_file="engines/x/tokenizer_config.json")
+
+    async def go():
+        app = build_app(ServerState(ModelRegistry.holding(llm, "fake")))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+
+    response = asyncio.run(go())
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "messages", error
+    assert "the chat template of engines/x/tokenizer_config.json" in error["message"]
+
+
 def test_histogram_is_cumulative():
     from prometheus_client.parser import text_string_to_metric_families
 
