@@ -35,6 +35,32 @@ class APIError(Exception):
         return f"data: {json.dumps(self.body())}\n\n"
 
 
+class NonStandardJSON(ValueError):
+    """NaN, Infinity or -Infinity in a body: Python's json module and pydantic's reader take them."""
+
+
+def _refuse_constant(literal: str):
+    raise NonStandardJSON(f"{literal} is not a JSON number (JSON has no NaN or infinities); send a finite number")
+
+
+def loads_json(raw: bytes | str):
+    """json.loads that refuses the non-standard literals (NonStandardJSON, a ValueError, as json's own errors)."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def check_standard_json(raw: bytes) -> None:
+    """APIError 400 when a body that parsed holds NaN or an infinity anywhere, even in a free-form object
+    (response_format, tools, an unknown field) that no numeric check sees."""
+    if b"NaN" not in raw and b"Infinity" not in raw:  # almost every body: no second parse
+        return
+    try:
+        loads_json(raw)
+    except NonStandardJSON as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # not JSON at all: the validator has said so already
+        pass
+
+
 def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 

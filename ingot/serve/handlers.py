@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ingot.errors import RequestError
 from ingot.serve.admission import slots_of
-from ingot.serve.errors import APIError, bad_request, from_request_error, from_validation_error
+from ingot.serve.errors import (APIError, bad_request, check_standard_json, from_request_error,
+                                from_validation_error)
 from ingot.serve.formats import ChatFormat, CompletionFormat, usage
 from ingot.serve.generation import Job, collect, stream_outputs
 from ingot.serve.protocol import ChatCompletionRequest, CompletionRequest, check_fits, check_text_fits
@@ -28,10 +29,13 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": recorded in metrics, nev
 
 
 async def parse(model: type[BaseModel], request: Request):
+    raw = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        parsed = model.model_validate_json(raw)  # first: a NaN in a numeric field is refused naming the field
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+    check_standard_json(raw)
+    return parsed
 
 
 async def completions(state, request: Request) -> Response:

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingot.serve import kserve_model as model
 from ingot.serve.admission import slots_of
+from ingot.serve.errors import loads_json
 from ingot.serve.handlers import EventStream
 from ingot.serve.kserve_tensors import HEADER_LENGTH, KServeError, bad, decode_request, encode_response
 
@@ -117,8 +118,8 @@ async def _json_object(request: Request) -> dict:
     """The body as a JSON object; an empty body is {} (tritonclient sends none for the index)."""
     raw = await request.body()
     try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = loads_json(raw) if raw.strip() else {}
+    except ValueError as exc:  # not JSON, not UTF-8, or NaN / Infinity
         raise bad(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("parameters", {}), dict):
         raise bad('the request body must be a JSON object, with "parameters" an object if given')
@@ -158,8 +159,8 @@ def _bytes_column(texts: list[str]) -> np.ndarray:
 
 async def _json_rows(request: Request) -> tuple[dict, list[model.Row]]:
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = loads_json(await request.body())
+    except ValueError as exc:  # not JSON, not UTF-8, or NaN / Infinity
         raise bad(f"the request body is not valid JSON: {exc}") from None
     return body, model.rows_from_json(body)
 

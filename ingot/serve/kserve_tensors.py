@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ingot.serve.errors import loads_json
+
 HEADER_LENGTH = "inference-header-content-length"
 
 # KServe datatype -> numpy dtype (BYTES: object arrays of bytes)
@@ -61,8 +63,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     else:
         head, binary = body, memoryview(b"")
     try:
-        request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        request = loads_json(head)
+    except ValueError as exc:  # not JSON, not UTF-8, or NaN / Infinity
         raise bad(f"the request header is not valid JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise bad("the request must be a JSON object with a list of 'inputs'")

@@ -105,8 +105,15 @@ def test_bad_parameter_names_the_field(server, route, body, param):
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_standard_json_numbers_are_refused(server, literal):
     body = b'{"model": "tiny", "prompt": "hi", "max_tokens": 2, "temperature": ' + literal + b"}"
-    assert_error(post(server, "completions", content=body, headers={"content-type": "application/json"}), 400,
-                 "temperature")
+    headers = {"content-type": "application/json"}
+    assert_error(post(server, "completions", content=body, headers=headers), 400, "temperature")
+    # anywhere: in a free-form object no numeric check looks into, and on the KServe routes
+    nested = b'{"model": "tiny", "prompt": "hi", "max_tokens": 2, "user_data": {"x": [' + literal + b"]}}"
+    assert_error(post(server, "completions", content=nested, headers=headers), 400, None,
+                 f"{literal.decode()} is not a JSON number")
+    kserve = httpx.post(f"{server.url}/v2/models/tiny/generate", timeout=30, headers=headers,
+                        content=b'{"text_input": "hi", "max_tokens": 2, "temperature": ' + literal + b"}")
+    assert kserve.status_code == 400 and "is not a JSON number" in kserve.json()["error"]
 
 
 def test_stop_token_ids_outside_the_vocabulary(server):
