@@ -38,6 +38,12 @@ def set_skip_verify() -> None:
     os.environ["INGOT_SKIP_VERIFY"] = "1"
 
 
+def api_key() -> str | None:
+    """$INGOT_API_KEY: `ingot serve`'s API key when neither --api-key nor --api-key-file gives one (a key
+    in the environment is not shown by ps, as a command-line flag is)."""
+    return os.environ.get("INGOT_API_KEY") or None
+
+
 def commit_override() -> str | None:
     """$INGOT_COMMIT: the commit a benchmark record names, for a copy of the tree without git state
     (a GPU machine that received the working tree only)."""

@@ -179,9 +179,9 @@ def _engine_dir(model: str, device: str | None, profile: str | None):
 
 def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:
     """The key from --api-key, else --api-key-file, else INGOT_API_KEY; at most one of the flags."""
-    import os
     from pathlib import Path
 
+    from ingot import envs
     from ingot.errors import ConfigError
 
     if flag is not None and key_file is not None:
@@ -195,4 +195,4 @@ def resolve_api_key(flag: str | None, key_file: str | None) -> str | None:
         if not key:
             raise ConfigError(f"--api-key-file {key_file}: the first line is empty; write the key there")
         return key
-    return flag if flag is not None else (os.environ.get("INGOT_API_KEY") or None)
+    return flag if flag is not None else envs.api_key()
