@@ -8,7 +8,10 @@ ones included (a 1 MB header, a head and a body that stall, bodies over the limi
 the prompt is tokenized, not refused) and while a 20 MB body is refused; engine throughput of one
 request with and without the most stop strings the default caps allow; the RSS growth of the server
 and its engine-core process per 1,000 requests over N mixed requests (after every KV block has been
-written once: see touch_kv_pool); and the seconds from SIGTERM to exit with 20 open streams.
+written once: see touch_kv_pool); and, with 20 open streams, how soon after SIGTERM /health answers
+503 and the seconds from SIGTERM to exit. Also: what /metrics counted of the bad inputs (the 431, 408
+and 400 the HTTP layer answers itself included), and the KServe gRPC service's answers to a message
+and metadata over the caps and to a unary call whose message stalls.
 The server runs with --read-timeout 5 so that the stalled cases answer within seconds. Run it with
 OMP_NUM_THREADS=1 on a shared machine: torch's spinning threads, two processes to two cores, made
 decode 40x slower.
@@ -38,19 +41,24 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 FLAGS = ["--max-queue", "64", "--max-body-bytes", str(16 << 20), "--read-timeout", "5"]
 
 
-def start(engine: str, log: Path) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start(engine: str, log: Path) -> tuple[subprocess.Popen, str, int]:
+    port, grpc_port = free_port(), free_port()
     env = {**os.environ, "INGOT_API_KEY": KEY}
     process = subprocess.Popen([sys.executable, "-m", "ingot.cli", "serve", engine, "--port", str(port),
-                                "--served-model-name", "m", *FLAGS, "--log-level", "warning"],
+                                "--grpc-port", str(grpc_port), "--served-model-name", "m", *FLAGS,
+                                "--log-level", "warning"],
                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
+                return process, url, grpc_port
         except httpx.TransportError:
             pass
         time.sleep(0.25)
@@ -109,7 +117,18 @@ def raw_status(url: str, payload: bytes) -> str:
     return answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/1.1 ") else "resets"
 
 
+def counted_statuses(url: str) -> dict[str, float]:
+    """ingot_http_requests_total summed by status, from /metrics (its own requests left out)."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", headers=AUTH, timeout=60).text.splitlines():
+        if line.startswith("ingot_http_requests_total{") and 'route="/metrics"' not in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def try_bad_inputs(url: str) -> dict:
+    before = counted_statuses(url)
     counts = {"tried": 0, "4xx": 0, "5xx": 0, "2xx": 0, "hangs": 0, "resets": 0}
     statuses = []
     for route, body in bad_bodies():
@@ -124,7 +143,60 @@ def try_bad_inputs(url: str) -> dict:
         counts["tried"] += 1
         key = f"{status[0]}xx" if status.isdigit() else status
         counts[key] = counts.get(key, 0) + 1
-    return {**counts, "raw": raw}
+    time.sleep(1)  # the stalled cases' answers are counted as they go out
+    after = counted_statuses(url)
+    counted = {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
+    return {**counts, "raw": raw, "counted_in_metrics": counted}
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def grpc_stalled_call(port: int) -> dict:
+    """A unary ModelInfer whose message stalls after 8 of its 100 bytes (HTTP/2 by hand: grpcio's client
+    cannot stall): seconds until the server ends the call, and the grpc-status it sends."""
+    def literal(name: bytes, value: bytes) -> bytes:  # HPACK, literal without indexing
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+    headers = b"".join(literal(n, v) for n, v in [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+        (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        (b"authorization", f"Bearer {KEY}".encode())])
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"") + _h2_frame(1, 4, 1, headers)
+                     + _h2_frame(0, 0, 1, (100).to_bytes(5, "big") + b"\x00" * 3))
+        seen = b""
+        while b"grpc-status" not in seen:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            seen += chunk
+    status = seen.split(b"grpc-status", 1)[1][1:2].decode() if b"grpc-status" in seen else None
+    return {"seconds": time.monotonic() - started, "grpc_status": status}
+
+
+def grpc_limits(port: int) -> dict:
+    """The KServe gRPC service's answers beyond the caps the HTTP flags set."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {KEY}")]
+    answers = {}
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for name, call in [
+            ("20 MB message", lambda: stub.ModelInfer(service_pb2.ModelInferRequest(
+                model_name="m", raw_input_contents=[b"x" * 20_000_000]), metadata=metadata, timeout=60)),
+            ("1 MB metadata", lambda: stub.ServerLive(service_pb2.ServerLiveRequest(),
+                                                      metadata=[("x-big", "a" * 1_000_000)], timeout=60))]:
+            try:
+                call()
+                answers[name] = "OK"
+            except grpc.RpcError as exc:
+                answers[name] = exc.code().name
+    return {**answers, "message that stalls": grpc_stalled_call(port)}
 
 
 def health_during(url: str, body: dict) -> dict:
@@ -257,12 +329,15 @@ def sigterm_with_streams(process: subprocess.Popen, url: str, streams: int = 20)
         time.sleep(0.1)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
+    health = httpx.get(f"{url}/health", timeout=60)  # the first request after the signal, on a new connection
+    health_s = time.monotonic() - started
     ended_properly = 0
     for lines in open_streams:
         rest = [line for line in lines if line.startswith("data:")]
         ended_properly += bool(rest) and rest[-1] == "data: [DONE]"
     code = process.wait(timeout=120)
     return {"open_streams": streams, "running_at_sigterm": queue["running"], "waiting_at_sigterm": queue["waiting"],
+            "first_health_after_sigterm": {"status": health.status_code, "answered_after_s": health_s},
             "seconds_to_exit": time.monotonic() - started, "exit_code": code, "streams_ended_with_done": ended_properly}
 
 
@@ -288,11 +363,12 @@ def main() -> int:
     log = Path(tempfile.mkdtemp(prefix="server-faults-")) / "server.log"  # beside the records it would be kept
     print(f"server log: {log}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    process, url = start(args.engine, log)
+    process, url, grpc_port = start(args.engine, log)
     try:
         record = {**header, "model": args.engine, "server": f"ingot serve {' '.join(FLAGS)} (INGOT_API_KEY)",
                   "shutdown_timeout_s": 5.0,
                   "bad_inputs": measured(try_bad_inputs, url),
+                  "grpc_limits": measured(grpc_limits, grpc_port),
                   "health_during_10mb_prompt": measured(health_during, url, {"model": "m", "prompt": "x" * 10_000_000,
                                                                              "max_tokens": 1}),
                   "health_during_20mb_body": measured(health_during, url, {"model": "m", "prompt": "x" * 20_000_000,
