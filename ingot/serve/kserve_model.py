@@ -206,10 +206,11 @@ def admit_rows(state, slots: QueueSlots, rows: list[Row]) -> None:
     """Each row is a prompt, a request in the engine: at most --max-prompts-per-request of them, each
     holding a --max-queue slot (admission.py), as the prompts of /v1/completions do; their stop_words
     within the caps on stop strings."""
-    most = state.limits.max_prompts_per_request
-    if len(rows) > most:
-        raise bad(f"{len(rows)} rows of 'text_input' in one request, over this server's limit of {most} "
-                  f"({flag('max_prompts_per_request')}); send them in several requests")
+    for name in ("max_prompts_per_request", "max_sequences_per_request"):  # a row is one prompt, one sequence
+        most = getattr(state.limits, name)
+        if len(rows) > most:
+            raise bad(f"{len(rows)} rows of 'text_input' in one request, over this server's limit of {most} "
+                      f"({flag(name)}); send them in several requests")
     for row in rows:
         try:
             check_stop_caps(row.params.stop, state.limits, "stop_words")

@@ -80,8 +80,20 @@ class _SamplingFields(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def num_prompts(self) -> int:
+        return 1
+
     def check_supported(self, limits: ServeLimits) -> None:
+        """The caps, and what ingot does not support."""
         check_stop_caps(_as_list(self.stop), limits, "stop")
+        prompts = self.num_prompts
+        sequences, most = prompts * self.n, limits.max_sequences_per_request
+        if sequences > most:
+            of = f" of {prompts} prompts make {sequences} sequences" if prompts > 1 else ""
+            raise bad_request(f"n={self.n} samples{of}, over this server's limit of {most} sequences per request "
+                              f"({flag('max_sequences_per_request')}); lower n"
+                              + (" or send fewer prompts" if prompts > 1 else ""), "n")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported by ingot", "logit_bias")
         if self.stream_options is not None and not self.stream:
@@ -119,17 +131,16 @@ class CompletionRequest(_SamplingFields):
                              "or a list of non-empty lists of token ids")
         return prompt
 
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompts())
+
     def check_supported(self, limits: ServeLimits) -> None:
-        super().check_supported(limits)
-        prompts, most = len(self.prompts()), limits.max_prompts_per_request
+        prompts, most = self.num_prompts, limits.max_prompts_per_request
         if prompts > most:
             raise bad_request(f"{prompts} prompts in one request, over this server's limit of {most} "
                               f"({flag('max_prompts_per_request')}); send them in several requests", "prompt")
-        sequences, most = prompts * self.n, limits.max_sequences_per_request
-        if sequences > most:
-            raise bad_request(f"n={self.n} samples of {prompts} prompts make {sequences} sequences, over this "
-                              f"server's limit of {most} per request ({flag('max_sequences_per_request')}); "
-                              "lower n or send fewer prompts", "n")
+        super().check_supported(limits)
         if self.suffix:
             raise bad_request("suffix (insertion) is not supported by ingot", "suffix")
         if self.best_of is not None and self.best_of != self.n:

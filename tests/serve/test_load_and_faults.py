@@ -194,13 +194,19 @@ def test_each_prompt_takes_a_queue_slot(guarded_server):
     assert over.status_code == 400 and "(--max-prompts-per-request)" in over.json()["error"]
 
 
-def test_kserve_stop_words_have_the_same_caps(server, guarded_server):
+def test_chat_and_kserve_have_the_same_caps(server, guarded_server):
+    """n samples of a chat are sequences too; KServe's stop_words are stop strings."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
     body = {"text_input": "hi", "max_tokens": 1, "stop_words": ["s1", "s2", "s3", "s4", "s5"]}
     assert httpx.post(f"{server.url}/v2/models/tiny/generate", json=body, timeout=30).status_code == 200
-    refused = httpx.post(f"{guarded_server.url}/v2/models/tiny/generate", json=body, timeout=30,
-                         headers={"Authorization": f"Bearer {API_KEY}"})
+    refused = httpx.post(f"{guarded_server.url}/v2/models/tiny/generate", json=body, timeout=30, headers=headers)
     assert refused.status_code == 400 and "input 'stop_words': 5 stop strings" in refused.json()["error"]
     assert "(--max-stop-strings)" in refused.json()["error"]
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "n": 9}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
+    refused = httpx.post(f"{guarded_server.url}/v1/chat/completions", json=chat, timeout=30, headers=headers)
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["param"] == "n" and "(--max-sequences-per-request)" in error["message"]
 
 
 @pytest.mark.parametrize(("change", "param", "flag"), [
