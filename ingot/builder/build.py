@@ -19,7 +19,6 @@ import torch
 from ingot.builder import stages
 from ingot.builder.checkpoint import load_checkpoint
 from ingot.builder.quantized_checkpoints import detect as detect_quantized
-from ingot.builder.quantized_checkpoints import import_tensors as import_quantized
 from ingot.builder.dummy import check_tokenizer_fits, dummy_tensors, read_config_json
 from ingot.builder.dummy import tokenizer_files as dummy_tokenizer_files
 from ingot.builder.tuning import tune_tactics
@@ -76,9 +75,9 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     imported = detect_quantized(hf_config, str(model)) if checkpoint is not None else None
     if imported is not None:
         if quant.method != "none":
-            raise ConfigError(f"{model} is quantized already ({imported.name}, group {imported.group_size}); "
-                              f"build it without --quant {quant.method}: ingot reads its 4-bit weights as they are")
-        quant = QuantConfig("int4_checkpoint", imported.quant_params())
+            raise ConfigError(f"{model} is quantized already ({imported.describe()}); "
+                              f"build it without --quant {quant.method}: ingot reads its weights as they are")
+        quant = imported.quant_config()
     build_config = build_config.resolved(model_config)
     mapping = ParallelMapping.build(model_config, parallel)
     make_scheme(quant).check_layout(model_config, mapping.config.tp)
@@ -140,7 +139,7 @@ def _tokenizer_files(checkpoint, tokenizer: str | Path | None, hf_config: dict) 
 
 def _engine_tensors(spec: EngineSpec, checkpoint, imported=None) -> stages.Tensors:
     """read -> convert -> check_and_cast: the whole model's tensors, unsliced, in the model dtype
-    (the quantize stage follows), or, from a checkpoint quantized already, in ingot's INT4 layout."""
+    (the quantize stage follows), or, from a checkpoint quantized already, in ingot's INT4 or FP8 layout."""
     layout = full_layout(spec, quantized=imported is not None)
     if checkpoint is None:
         device = "cuda" if spec.target.kind == "cuda" else "cpu"  # random numbers are fast on a GPU
@@ -148,7 +147,7 @@ def _engine_tensors(spec: EngineSpec, checkpoint, imported=None) -> stages.Tenso
     else:
         source_tensors = checkpoint.tensors()
         if imported is not None:
-            source_tensors = import_quantized(imported, source_tensors)
+            source_tensors = imported.import_tensors(source_tensors)
         tensors = stages.convert(spec.model, source_tensors, spec.source)
     return stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
 

@@ -1,5 +1,5 @@
 """Checkpoints that are already quantized to 4-bit weights, read into ingot's INT4 layout
-(ingot/quantization/int4_format.py) at build: nothing is re-quantized.
+(ingot/quantization/int4_format.py) at build: nothing is re-quantized. (FP8 ones: fp8_checkpoints.py.)
 
     compressed-tensors "pack-quantized" (what llm-compressor writes; quant_method "compressed-tensors")
         weight_packed  int32 (N, ceil(K/8))  code + 8 of column k in bits 4 (k % 8) of word k // 8: ingot's bits
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ingot.builder import fp8_checkpoints
+from ingot.config import QuantConfig
 from ingot.errors import CheckpointError
 from ingot.quantization.int4_format import pack, unpack
 
@@ -52,12 +54,24 @@ class QuantizedFormat:
     def quant_params(self) -> dict:
         return {"group_size": self.group_size, "act_order": self.act_order, "imported_from": self.name}
 
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig("int4_checkpoint", self.quant_params())
 
-def detect(hf_config: dict, source: str) -> QuantizedFormat | None:
-    """The checkpoint's 4-bit format from config.json's quantization_config; None when unquantized."""
+    def describe(self) -> str:
+        return f"{self.name}, group {self.group_size}"
+
+    def import_tensors(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        return import_tensors(self, tensors)
+
+
+def detect(hf_config: dict, source: str) -> QuantizedFormat | fp8_checkpoints.Fp8Format | None:
+    """The checkpoint's format from config.json's quantization_config (4-bit here, FP8 in
+    fp8_checkpoints.py); None when unquantized."""
     config = hf_config.get("quantization_config")
     if not config:
         return None
+    if fp8_checkpoints.is_fp8(config):
+        return fp8_checkpoints.detect(config, source)
     method = config.get("quant_method")
     if method == "awq":
         _require(config.get("bits", 4) == 4 and config.get("version", "gemm").lower() == "gemm", source,
@@ -70,7 +84,8 @@ def detect(hf_config: dict, source: str) -> QuantizedFormat | None:
     if method == "compressed-tensors":
         return _compressed_tensors_format(config, source)
     raise CheckpointError(f"{source}: quantization_config.quant_method={method!r} is not a format ingot reads; "
-                          "it reads 4-bit weights in compressed-tensors pack-quantized, AutoAWQ gemm and GPTQ formats")
+                          "it reads 4-bit weights in compressed-tensors pack-quantized, AutoAWQ gemm and GPTQ formats, and "
+                          "FP8 weights in compressed-tensors float-quantized and the fp8 format")
 
 
 def _compressed_tensors_format(config: dict, source: str) -> QuantizedFormat:

@@ -75,15 +75,20 @@ def describe_scales(directory: Path, spec) -> list[str]:
 
     with safe_open(str(directory / rank_file(0)), framework="pt") as f:
         scales = {name: f.get_tensor(name) for name in f.keys() if name.endswith("_scale")}
-    calibration = spec.quant.params.get("calibration")
+    calibration, imported = spec.quant.params.get("calibration"), spec.quant.params.get("imported_from")
     source = (f"calibrated on {calibration['source']}, {calibration['num_samples']} samples of "
-              f"{calibration['seq_len']} tokens" if calibration else "no calibration")
+              f"{calibration['seq_len']} tokens" if calibration else
+              f"read from the {imported} checkpoint" if imported else "no calibration")
     return [f"fp8 scales     {rank_file(0)} ({source}):", *scale_lines(scales)]
 
 
 def _describe_origin(spec) -> str:
     """Where the weights and the tokenizer came from."""
     if spec.load_format != "dummy":
+        params = spec.quant.params
+        if params.get("prequantized"):  # FP8 checkpoints (INT4 ones say so in the quantization line)
+            return (f"{spec.source} (tokenizer too); pre-quantized {spec.quant.method} weights in the "
+                    f"{params.get('imported_from')} format ({params.get('checkpoint_scheme')}), not re-quantized")
         return f"{spec.source} (tokenizer too)"
     if spec.tokenizer_source:
         return f"random (--load-format dummy); tokenizer from {spec.tokenizer_source} (--tokenizer)"

@@ -92,18 +92,41 @@ def kv_dtype_bytes(kv_dtype: str) -> float:
 
 
 def total_weight_bytes(shape: ModelShape, precision: Precision) -> float:
-    """Every weight on one GPU: blocks in the precision's bytes, embeddings in 16 bits."""
+    """Every weight on one GPU: blocks in the precision's bytes (and per-row scales), embeddings in 16 bits."""
     blocks = shape.dense_layer_params + shape.routed_expert_params
-    return blocks * precision.weight_bytes + shape.embed_params * EMBED_BYTES
+    return blocks * precision.weight_bytes + sum(linear_rows(shape)) * precision.row_scale_bytes \
+        + shape.embed_params * EMBED_BYTES
 
 
 def weight_bytes_per_rank(shape: ModelShape, precision: Precision, layout: Layout) -> int:
-    """(layers on the fullest stage / layers) * block weights / tp + one embedding table / tp,
-    both tables when there is one stage."""
+    """(layers on the fullest stage / layers) * (block weights / tp + per-row scales) + one embedding
+    table / tp, both tables when there is one stage. Row scales follow the rows: TP splits those of
+    the column-parallel layers and every rank keeps all of the row-parallel layers' (o, down)."""
     stage_share = -(-shape.num_layers // layout.pp) / shape.num_layers
     blocks = (shape.dense_layer_params + shape.routed_expert_params) * precision.weight_bytes
+    column_rows, whole_rows = linear_rows(shape)
+    scales = (column_rows / layout.tp + whole_rows) * precision.row_scale_bytes
     tables = shape.embed_params if layout.pp == 1 else shape.vocab_size * shape.hidden_size
-    return int((stage_share * blocks + tables * EMBED_BYTES) / layout.tp)
+    return int(stage_share * (blocks / layout.tp + scales) + tables * EMBED_BYTES / layout.tp)
+
+
+def linear_rows(shape: ModelShape) -> tuple[int, int]:
+    """Output rows of the block linear layers, all layers: (column-parallel: q/k/v, gate/up and
+    MLA's projections; row-parallel: o and down, whose outputs every TP rank keeps whole).
+    The MoE router stays in the model dtype and is not counted."""
+    h = shape.hidden_size
+    if shape.is_mla:
+        qk = shape.qk_nope_head_dim + shape.qk_rope_head_dim
+        q = shape.q_lora_rank + shape.num_heads * qk if shape.q_lora_rank else shape.num_heads * qk
+        attention = q + shape.kv_lora_rank + shape.qk_rope_head_dim \
+            + shape.num_heads * (shape.qk_nope_head_dim + shape.v_head_dim)
+    else:
+        attention = (shape.num_heads + 2 * shape.num_kv_heads) * shape.head_dim
+    dense_layers = shape.num_layers - shape.num_moe_layers
+    experts = shape.num_moe_layers * (shape.num_experts + shape.num_shared_experts)
+    column = shape.num_layers * attention + dense_layers * 2 * shape.intermediate_size \
+        + experts * 2 * shape.moe_intermediate_size
+    return column, shape.num_layers * h + dense_layers * h + experts * h
 
 
 def activation_bytes(shape: ModelShape, precision: Precision, layout: Layout, env: Envelope) -> int:

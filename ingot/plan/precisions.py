@@ -17,7 +17,10 @@ from ingot.plan.gpus import GPU
 #     model dtype (2 bytes in bf16/fp16) and one uint8 zero point (1 byte) -> 3 / 128
 #   NVFP4: one fp8 (E4M3) scale per 16 weights -> 1 / 16
 #   MXFP4: one E8M0 scale per 32 weights -> 1 / 32
-#   fp8 and int8 keep per-tensor or per-channel scales: negligible.
+#   fp8: `ingot build --quant fp8` scales per output channel by default (--fp8-scaling per_channel):
+#     one float32 per output row of each block linear layer, counted per row (Precision.row_scale_bytes),
+#     not per weight. Under per_tensor it is two float32 per matrix, which nothing here counts.
+#   int8 keeps per-tensor or per-channel scales: negligible.
 _INT4_GROUP_OVERHEAD = (2 + 1) / 128
 
 
@@ -31,12 +34,15 @@ class Precision:
     about: str
     # `ingot build` fits the scales to what each layer is fed on a text (--calib-data): AWQ, GPTQ
     calibrates: bool = False
+    # stored per output row of each quantized linear layer, beside weight_bytes per weight
+    row_scale_bytes: float = 0.0
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("bf16", 2.0, "bf16", None, "bf16", "bfloat16 weights and activations"),
     Precision("fp16", 2.0, "fp16", None, "fp16", "float16 weights and activations"),
-    Precision("fp8", 1.0, "fp8", "fp8", "bf16", "FP8 (E4M3) weights and activations, per-tensor scales"),
+    Precision("fp8", 1.0, "fp8", "fp8", "bf16", "FP8 (E4M3) weights and activations, per-channel weight scales, "
+              "per-token activation scales", row_scale_bytes=4.0),
     Precision("int4_awq", 0.5 + _INT4_GROUP_OVERHEAD, "bf16", "int4_awq", "bf16",
               "4-bit weights (AWQ, group 128), bf16 activations: weight-only", calibrates=True),
     Precision("int4_gptq", 0.5 + _INT4_GROUP_OVERHEAD, "bf16", "int4_gptq", "bf16",

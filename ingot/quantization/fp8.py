@@ -44,8 +44,13 @@ class Fp8(QuantScheme):
                               "or add --fp8-scaling per_tensor")
 
     @property
+    def prequantized(self) -> bool:
+        """The weights and scales were read from an FP8 checkpoint (ingot/builder/fp8_checkpoints.py)."""
+        return bool(self.params.get("prequantized"))
+
+    @property
     def needs_calibration(self) -> bool:
-        return self.scaling == "per_tensor"
+        return self.scaling == "per_tensor" and not self.prequantized
 
     def linear_method(self, prefix: str) -> LinearMethod:
         if prefix.rsplit(".", 1)[-1] in QUANTIZED_LINEARS:
@@ -56,11 +61,17 @@ class Fp8(QuantScheme):
         if self.scaling == "per_channel":
             how = "per-output-channel weight scales, dynamic per-token activation scales"
         else:
-            how = "one weight scale per matrix, static activation scales (max over the calibration text)"
+            how = "one weight scale per matrix, static activation scales" + \
+                  ("" if self.prequantized else " (max over the calibration text)")
+        origin = (f"; pre-quantized: weights and scales read from the {self.params.get('imported_from')} "
+                  "checkpoint, not re-quantized" if self.prequantized else "")
         return f"fp8: E4M3 weights and activations of the block linear layers, {how}; " \
-               "embedding, lm_head and norms in the model dtype"
+               f"embedding, lm_head and norms in the model dtype{origin}"
 
     def quantize(self, tensors: Tensors, context=None) -> Tensors:
+        if self.prequantized:  # the builder's import stage stored them already
+            yield from tensors
+            return
         if self.scaling == "per_channel":
             for name, tensor in tensors:
                 if is_quantized_linear(name):

@@ -2,10 +2,12 @@
 CPU with random weights by the printed command itself, and the rank files weighed.
 
 The planner counts the block linear layers at Precision.weight_bytes (INT4: 4 bits plus a bf16
-scale and a uint8 zero point per group of 128) and the embedding and lm_head at 2 bytes; norms
-(0.06% here) and the safetensors headers (a few kB) are what the 1% allows for. The 1% alone would
-not tell a 4-bit zero point from ingot's uint8 one (0.4% of this engine), so the matrices are also
-held to the byte: every input width here is a multiple of 128, and the norms are the only vectors.
+scale and a uint8 zero point per group of 128; FP8: 1 byte) plus Precision.row_scale_bytes per output
+row (FP8 per_channel, `ingot build --quant fp8`'s default: a float32 (out, 1) scale per layer), and the
+embedding and lm_head at 2 bytes; norms (0.06% here) and the safetensors headers (a few kB) are what
+the 1% allows for. The 1% alone would not tell a 4-bit zero point from ingot's uint8 one (0.4% of
+this engine) nor see FP8's scales (0.4%), so the matrices are also held to the byte: every input
+width here is a multiple of 128, and the norms are the only vectors.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "vocab_size": 4096, "hidden
 TEST_FLAGS = ["--load-format", "dummy", "--device", "cpu", "--calib-size", "2", "--calib-seq-len", "32"]
 
 
-@pytest.mark.parametrize("precision", ["int4_awq", "bf16"])
+@pytest.mark.parametrize("precision", ["int4_awq", "bf16", "fp8"])
 def test_planned_weights_match_the_built_engine(tmp_path, monkeypatch, precision):
     checkpoint = tmp_path / "tiny-llama"
     checkpoint.mkdir()
@@ -62,4 +64,4 @@ def test_planned_weights_match_the_built_engine(tmp_path, monkeypatch, precision
     built = rank_file.stat().st_size
     assert abs(planned - built) <= 0.01 * built, (planned, built)
     matrices = sum(t.numel() * t.element_size() for t in load_file(rank_file).values() if t.dim() == 2)
-    assert matrices == planned  # qweight, scales, zeros (or bf16 weights), embedding and lm_head
+    assert matrices == planned  # qweight, scales, zeros (or bf16 or fp8 weights, fp8 scales), embedding, lm_head
