@@ -296,8 +296,18 @@ class ParallelConfig:
         return cls(data.get("tp", 1), data.get("pp", 1), data.get("ep", 1), tuple(layers) if layers else None)
 
 
-# KV cache element types; "auto" stores the cache in the model's dtype.
-KV_CACHE_DTYPES = ("auto",)
+# KV cache element types; "auto" stores the cache in the model's dtype, "fp8" as E4M3 with one K and
+# one V scale per layer (ingot/quantization/kv_cache.py).
+KV_CACHE_DTYPES = ("auto", "fp8")
+# How an fp8 KV cache's scales are set: "calibrated" = max |k| (|v|) of the layer over the calibration
+# text / 448; "unit" = 1.0, for builds with no calibration text.
+KV_CACHE_SCALES = ("calibrated", "unit")
+KV_ELEMENT_BYTES = {**DTYPE_BYTES, "fp8": 1}
+
+
+def kv_cache_element(kv_cache_dtype: str, dtype: str) -> str:
+    """The element type the KV cache stores: "fp8", or the engine's dtype under "auto"."""
+    return dtype if kv_cache_dtype == "auto" else kv_cache_dtype
 
 
 @dataclass(frozen=True)
@@ -311,6 +321,10 @@ class QuantConfig:
     method: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
     kv_cache_dtype: str = "auto"
+    kv_cache_scales: str = "calibrated"  # fp8 KV cache only: see KV_CACHE_SCALES
+    # fp8 KV cache with calibrated scales: what they were calibrated on (CalibrationSet.describe()),
+    # filled by the builder; the scales themselves are engine tensors, layers.{i}.self_attn.kv_scale
+    kv_cache_calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from ingot.quantization.registry import method_names  # a name list; imports no torch
@@ -320,14 +334,30 @@ class QuantConfig:
         _require(self.kv_cache_dtype in KV_CACHE_DTYPES,
                  f"quant config: kv_cache_dtype={self.kv_cache_dtype!r} is not supported; "
                  f"use one of {', '.join(KV_CACHE_DTYPES)}")
+        _require(self.kv_cache_scales in KV_CACHE_SCALES,
+                 f"quant config: kv_cache_scales={self.kv_cache_scales!r} is not supported; "
+                 f"use one of {', '.join(KV_CACHE_SCALES)}")
         _require(isinstance(self.params, dict), f"quant config: params={self.params!r} must be a JSON object")
 
+    @property
+    def kv_cache_fp8(self) -> bool:
+        return self.kv_cache_dtype == "fp8"
+
+    @property
+    def kv_cache_calibrates(self) -> bool:
+        """The build must calibrate the KV cache's scales on a text."""
+        return self.kv_cache_fp8 and self.kv_cache_scales == "calibrated"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "params": dict(self.params), "kv_cache_dtype": self.kv_cache_dtype}
+        data = {"method": self.method, "params": dict(self.params), "kv_cache_dtype": self.kv_cache_dtype}
+        if self.kv_cache_fp8:
+            data.update(kv_cache_scales=self.kv_cache_scales, kv_cache_calibration=self.kv_cache_calibration)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
-        return cls(data.get("method", "none"), dict(data.get("params") or {}), data.get("kv_cache_dtype", "auto"))
+        return cls(data.get("method", "none"), dict(data.get("params") or {}), data.get("kv_cache_dtype", "auto"),
+                   data.get("kv_cache_scales", "calibrated"), data.get("kv_cache_calibration"))
 
 
 SPECULATIVE_MODES = ("ngram", "draft_target")
@@ -408,4 +438,5 @@ class SchedulerConfig:
 
 
 __all__ = ["SchedulerConfig", "CAPACITY_POLICIES", "ModelConfig", "BuildConfig", "CacheConfig", "ParallelConfig",
-           "QuantConfig", "KV_CACHE_DTYPES", "SpeculativeConfig", "SPECULATIVE_MODES", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]
+           "QuantConfig", "KV_CACHE_DTYPES", "KV_CACHE_SCALES", "KV_ELEMENT_BYTES", "kv_cache_element",
+           "SpeculativeConfig", "SPECULATIVE_MODES", "normalize_dtype", "DTYPES", "DTYPE_BYTES"]

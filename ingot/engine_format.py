@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingot.config import DTYPES, BuildConfig, ModelConfig, QuantConfig, SpeculativeConfig
+from ingot.config import (DTYPES, KV_ELEMENT_BYTES, BuildConfig, ModelConfig, QuantConfig, SpeculativeConfig,
+                          kv_cache_element)
 from ingot.errors import EngineError
 from ingot.parallel.mapping import ParallelMapping
 
@@ -35,10 +36,10 @@ DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
 def torch_dtype(name: str):
-    """'bf16' -> torch.bfloat16 (the engine's resolved dtype)."""
+    """'bf16' -> torch.bfloat16 (the engine's resolved dtype); 'fp8' -> torch.float8_e4m3fn (a KV cache's)."""
     import torch
 
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}[name]
 
 
 def rank_file(rank: int) -> str:
@@ -100,6 +101,15 @@ class EngineSpec:
     @property
     def world_size(self) -> int:
         return self.mapping.world_size
+
+    @property
+    def kv_dtype(self) -> str:
+        """What the KV cache stores: "fp8" (E4M3, --kv-cache-dtype fp8) or the engine's dtype."""
+        return kv_cache_element(self.quant.kv_cache_dtype, self.dtype)
+
+    @property
+    def kv_element_bytes(self) -> int:
+        return KV_ELEMENT_BYTES[self.kv_dtype]
 
     def to_json(self) -> dict[str, Any]:
         return {

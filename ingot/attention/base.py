@@ -11,6 +11,11 @@ Grouped-query attention: query head h reads KV head h // (num_heads // num_kv_he
 Cache layout, shared by every backend so engines and pools do not depend on the backend:
     kv_cache: (2, num_blocks, tokens_per_block, num_kv_heads, head_dim); [0] keys, [1] values.
 
+FP8 cache (--kv-cache-dtype fp8): kv_cache is float8_e4m3fn and the layer passes its scales,
+kv_scale = [k_scale, v_scale] ((2,) float32, on the cache's device). Every backend stores
+E4M3(clamp(k / k_scale, -448, 448)) (fp8_format.quantize) and reads back q * k_scale rounded to the
+query's dtype (fp8_format.dequantize); likewise V with v_scale. Any other cache gets kv_scale=None.
+
 CUDA graphs (ingot/runtime/cuda_graphs.py) capture steps in which every sequence computes the
 same number of tokens q (decode: 1; verifying k drafts: 1 + k). A backend that can be captured
 sets supports_cuda_graphs and answers two hooks:
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ingot.attention.metadata import AttentionMetadata
+from ingot.quantization.fp8_format import FP8_DTYPE, dequantize, quantize
 
 
 @dataclass
@@ -62,6 +68,7 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        kv_scale: torch.Tensor | None = None,  # (2,) float32 [k_scale, v_scale] of an fp8 cache, else None
     ) -> torch.Tensor:  # (num_tokens, num_heads, head_dim)
         ...
 
@@ -84,8 +91,29 @@ class AttentionBackend(ABC):
         return PaddingRow(seq_len=tokens_per_seq, slot=-1, block=0)
 
 
-def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Scatter new keys and values into their slots (a flat view over blocks x offsets)."""
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor,
+             kv_scale: torch.Tensor | None = None) -> None:
+    """Scatter new keys and values into their slots (a flat view over blocks x offsets); an fp8
+    cache stores them quantized with kv_scale = [k_scale, v_scale]."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
-    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+    if kv_cache.dtype == FP8_DTYPE:  # copied as bytes: torch's index_copy_ has no float8 kernel on CPU
+        check_fp8_scale(kv_scale)
+        kv_cache = kv_cache.view(torch.uint8)
+        k, v = quantize(k, kv_scale[0]).view(torch.uint8), quantize(v, kv_scale[1]).view(torch.uint8)
+    else:
+        k, v = k.to(kv_cache.dtype), v.to(kv_cache.dtype)
+    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def read_kv(cached: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Keys or values gathered from the cache, in `dtype`: an fp8 cache's dequantized with `scale`."""
+    if cached.dtype == FP8_DTYPE:
+        return dequantize(cached, scale, dtype)
+    return cached.to(dtype)
+
+
+def check_fp8_scale(kv_scale: torch.Tensor | None) -> None:
+    if kv_scale is None or kv_scale.shape != (2,):
+        raise ValueError("kv_scale: an fp8 KV cache needs the layer's (2,) float32 [k_scale, v_scale]; got "
+                         f"{None if kv_scale is None else tuple(kv_scale.shape)}")

@@ -17,7 +17,8 @@ base class's graph_metadata hook builds the capture's metadata this way):
     seq_lens, block_tables and slot_mapping into persistent buffers.
 Device contents may change freely: seq_lens, block ids, slots, and even how many new tokens each
 sequence has, as long as every query_len stays <= max_query_len. Padded sequences (graph_padding)
-get seq_len = query_len, block 0 and slot -1 (the KV write skips negative slots).
+get seq_len = query_len, block 0 and slot -1 (the KV write skips negative slots). An fp8 cache's
+scales are read by the kernels from the layer's kv_scale tensor, a fixed buffer: graphs replay them.
 """
 
 from __future__ import annotations
@@ -79,19 +80,19 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     supports_cuda_graphs = True  # launch sizes come from host metadata only; forward never syncs
 
-    def forward(self, q, k, v, kv_cache, metadata: AttentionMetadata, scale, sliding_window):
-        write_kv_cache(k, v, kv_cache, metadata.slot_mapping)
+    def forward(self, q, k, v, kv_cache, metadata: AttentionMetadata, scale, sliding_window, kv_scale=None):
+        write_kv_cache(k, v, kv_cache, metadata.slot_mapping, kv_scale)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         plan = plan_launches(metadata.query_start_loc_cpu, q.shape[1] // kv_cache.shape[3])
         tensors = (metadata.query_start_loc, metadata.seq_lens, metadata.block_tables)
         if plan.decode is not None:
             decode_attention(q, kv_cache, out, *tensors, scale, sliding_window,
                              max_query_len=plan.decode.max_query_len,
-                             seq_begin=plan.decode.begin, num_seqs=plan.decode.count)
+                             seq_begin=plan.decode.begin, num_seqs=plan.decode.count, kv_scale=kv_scale)
         if plan.prefill is not None:
             skip_below = plan.decode.max_query_len + 1 if plan.decode is not None else 0
             prefill_attention(q, kv_cache, out, *tensors, scale, sliding_window,
                               max_query_len=plan.prefill.max_query_len,
                               seq_begin=plan.prefill.begin, num_seqs=plan.prefill.count,
-                              min_query_len=skip_below)
+                              min_query_len=skip_below, kv_scale=kv_scale)
         return out

@@ -65,9 +65,9 @@ def dtype_bytes(dtype: str) -> int:
     return {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
 
 
-def kv_bytes_per_token(model: ModelConfig, dtype: str) -> int:
-    """K and V of one token in every layer (the KV cache is stored in the model dtype)."""
-    return 2 * model.num_layers * model.kv_size * dtype_bytes(dtype)
+def kv_bytes_per_token(model: ModelConfig, dtype: str, kv_cache_dtype: str = "auto") -> int:
+    """K and V of one token in every layer, stored in the model dtype or (kv_cache_dtype fp8) 1 byte each."""
+    return 2 * model.num_layers * model.kv_size * (1 if kv_cache_dtype == "fp8" else dtype_bytes(dtype))
 
 
 def decode_step_bytes(model: ModelConfig, dtype: str, batch: int, mean_context: float,
@@ -80,7 +80,7 @@ def decode_step_bytes(model: ModelConfig, dtype: str, batch: int, mean_context: 
         "norm_weights": (2 * model.num_layers + 1) * model.hidden_size * width
         + (2 * model.num_layers * model.head_dim * width if model.qk_norm else 0),
         "embedding_rows": batch * model.hidden_size * width,
-        "kv_cache": round(batch * mean_context * kv_bytes_per_token(model, dtype)),
+        "kv_cache": round(batch * mean_context * kv_bytes_per_token(model, dtype, quant.kv_cache_dtype)),
     }
     parts["total"] = sum(parts.values())
     return parts

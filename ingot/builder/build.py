@@ -30,6 +30,7 @@ from ingot.integrity import file_checksum
 from ingot.models import check_architecture, create_model
 from ingot.parallel.mapping import ParallelMapping
 from ingot.quantization import make_scheme
+from ingot.quantization.kv_cache import add_kv_scales, route_calibration
 
 # Stage lines at INFO: `ingot serve CHECKPOINT` shows them while it builds.
 logger = logging.getLogger("ingot.build")
@@ -72,12 +73,14 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
     hf_config = read_config_json(model) if checkpoint is None else checkpoint.hf_config
     tokenizer_files = _tokenizer_files(checkpoint, tokenizer, hf_config)
     model_config = model_config_of(hf_config, str(model))
+    requested = quant
     imported = detect_quantized(hf_config, str(model)) if checkpoint is not None else None
     if imported is not None:
         if quant.method != "none":
             raise ConfigError(f"{model} is quantized already ({imported.describe()}); "
                               f"build it without --quant {quant.method}: ingot reads its weights as they are")
         quant = imported.quant_config()
+    quant, calibration = route_calibration(requested, quant)
     build_config = build_config.resolved(model_config)
     mapping = ParallelMapping.build(model_config, parallel)
     make_scheme(quant).check_layout(model_config, mapping.config.tp)
@@ -101,13 +104,20 @@ def build_engine(model: str, output_dir: str | Path, build_config: BuildConfig |
             raise ConfigError(f"--dummy-weights at_load generates the weights at load, where nothing calibrates: "
                               f"--quant {quant.method} with these settings calibrates on a text; use "
                               "--dummy-weights file, or a scheme that needs no calibration (fp8 per_channel, int4_rtn)")
-        context = _quantize_context(spec, staging) if getattr(scheme, "needs_calibration", False) else None
+        if quant.kv_cache_calibrates and spec.dummy_seed is not None:
+            raise ConfigError("--dummy-weights at_load generates the weights at load, where nothing calibrates: "
+                              "--kv-cache-dtype fp8 calibrates its scales on a text; add --kv-cache-scales unit")
+        weights_calibrate = getattr(scheme, "needs_calibration", False)
+        context = _quantize_context(spec, staging, calibration) \
+            if weights_calibrate or quant.kv_cache_calibrates else None
         if spec.dummy_seed is None:
-            stages.write(staging, stages.shard(scheme.quantize(_engine_tensors(spec, checkpoint, imported), context),
-                                               _rank_models(spec)))
+            stored = scheme.quantize(_engine_tensors(spec, checkpoint, imported), context if weights_calibrate else None)
+            if quant.kv_cache_fp8:
+                stored = add_kv_scales(stored, spec, context)
+            stages.write(staging, stages.shard(stored, _rank_models(spec)))
         if context is not None:  # engine.json records what the scales were calibrated on
-            spec = dataclasses.replace(spec, quant=QuantConfig(quant.method, {
-                **quant.params, "calibration": context.calibration.describe()}, quant.kv_cache_dtype))
+            spec = dataclasses.replace(spec, quant=_record_calibration(spec.quant, context.calibration.describe(),
+                                                                       weights_calibrate))
         logger.info("build %s: tuning kernel tactics for %s", model, target.describe())
         tactics, tactic_timings = tune_tactics(model_config, build_config, torch_dtype(dtype), target, mapping.config.tp,
                                                scheme)
@@ -152,12 +162,19 @@ def _engine_tensors(spec: EngineSpec, checkpoint, imported=None) -> stages.Tenso
     return stages.check_and_cast(tensors, layout, spec.source, spec.model.architecture)
 
 
-def _quantize_context(spec: EngineSpec, staging: Path):
-    """Calibration samples for AWQ / GPTQ: windows of --calib-data read with the engine's tokenizer,
-    or random token ids for an engine of random weights."""
+def _record_calibration(quant: QuantConfig, described: dict, weights_calibrated: bool) -> QuantConfig:
+    """The calibration set, in the record of each part it calibrated: the weights' and the KV cache's."""
+    if weights_calibrated:
+        quant = dataclasses.replace(quant, params={**quant.params, "calibration": described})
+    return dataclasses.replace(quant, kv_cache_calibration=described) if quant.kv_cache_calibrates else quant
+
+
+def _quantize_context(spec: EngineSpec, staging: Path, params: dict):
+    """Calibration samples for AWQ / GPTQ / FP8 static scales / the FP8 KV cache's scales: windows of
+    --calib-data (params: the calibration flags) read with the engine's tokenizer, or random token ids
+    for an engine of random weights."""
     from ingot.quantization import calibration as calib
 
-    params = spec.quant.params
     size = int(params.get("calib_size", calib.DEFAULT_CALIB_SIZE))
     seq_len = int(params.get("calib_seq_len", calib.DEFAULT_CALIB_SEQ_LEN))
     if spec.load_format == "dummy":
@@ -166,6 +183,10 @@ def _quantize_context(spec: EngineSpec, staging: Path):
         from ingot.tokenizer import Tokenizer
 
         samples = calib.text_samples(params["calib_data"], Tokenizer.from_dir(staging), size, seq_len)
+    elif not getattr(make_scheme(spec.quant), "needs_calibration", False):
+        raise ConfigError("--kv-cache-dtype fp8 calibrates its K and V scales on a text: pass --calib-data FILE "
+                          "(a few hundred kB of text like what the model will serve), or --kv-cache-scales unit "
+                          "for scales of 1.0")
     else:
         what = f"--quant {spec.quant.method}" + (" --fp8-scaling per_tensor" if spec.quant.method == "fp8" else "")
         raise ConfigError(f"{what} calibrates on a text: pass --calib-data FILE "
@@ -177,8 +198,9 @@ def _quantize_context(spec: EngineSpec, staging: Path):
 def full_layout(spec: EngineSpec, quantized: bool = False) -> stages.Layout:
     """Engine name -> (shape, dtype) of every tensor of the whole model (single rank): unquantized,
     or as the engine's quantization stores it."""
+    stored = dataclasses.replace(spec.quant, kv_cache_dtype="auto")  # kv scales come after this layout's stages
     single = EngineSpec(spec.model, spec.build, spec.dtype, spec.target, ParallelMapping.build(spec.model),
-                        quant=spec.quant if quantized else QuantConfig())
+                        quant=stored if quantized else QuantConfig())
     model = create_model(single, _meta_backend())
     return {name: (tuple(p.shape), p.dtype) for name, p in model.state_dict().items()}
 

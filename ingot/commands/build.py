@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ingot.config import SPECULATIVE_MODES, BuildConfig
+from ingot.config import KV_CACHE_DTYPES, KV_CACHE_SCALES, SPECULATIVE_MODES, BuildConfig
 from ingot.quantization.registry import build_choices
 
 HELP = "build an engine from a checkpoint folder, a .gguf file or a preset"
@@ -57,9 +57,15 @@ def make_build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "calibration) or per_tensor (one weight scale per matrix, static activation scales "
                         "calibrated on --calib-data)")
     p.add_argument("--calib-data", default=None,
-                   help="int4_awq / int4_gptq / fp8 per_tensor: a text file to calibrate on")
+                   help="int4_awq / int4_gptq / fp8 per_tensor / --kv-cache-dtype fp8: a text file to calibrate on")
     p.add_argument("--calib-size", type=int, default=None, help="calibration samples (default 128)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 512)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="auto: the KV cache in the model dtype; fp8: E4M3 keys and values with one K and one V scale "
+                        "per layer, twice the tokens in the same memory (any --quant)")
+    p.add_argument("--kv-cache-scales", default=None, choices=list(KV_CACHE_SCALES),
+                   help="--kv-cache-dtype fp8: calibrated (default: each layer's largest |k| and |v| on --calib-data, "
+                        "/ 448) or unit (1.0, when there is no text to calibrate on)")
     p.add_argument("--speculative", default=None, choices=list(SPECULATIVE_MODES),
                    help="speculative decoding: ngram (prompt lookup: drafts from the request's own tokens and "
                         "finished ones) or draft_target (a smaller model's engine drafts; --draft-engine DIR at run time)")
@@ -84,6 +90,16 @@ def _quant_params(args: argparse.Namespace) -> dict:
     return {key: value for key, value in given.items() if value is not None}
 
 
+def _kv_cache_scales(args: argparse.Namespace) -> str:
+    if args.kv_cache_scales is not None and args.kv_cache_dtype != "fp8":
+        from ingot.errors import ConfigError
+
+        raise ConfigError(f"--kv-cache-scales {args.kv_cache_scales} applies to --kv-cache-dtype fp8 only (this "
+                          f"build has --kv-cache-dtype {args.kv_cache_dtype}): add --kv-cache-dtype fp8 or drop "
+                          "--kv-cache-scales")
+    return args.kv_cache_scales or "calibrated"
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
@@ -104,7 +120,7 @@ def build_options(args: argparse.Namespace) -> dict:
                          tokens_per_block=args.tokens_per_block, cuda_graph_batch_sizes=args.cuda_graph_batch_sizes)
     return {"build_config": config, "device": args.device, "load_format": args.load_format,
             "parallel": ParallelConfig(tp=args.tp, pp=args.pp, pp_layers=args.pp_layers),
-            "quant": QuantConfig(args.quant, _quant_params(args)),
+            "quant": QuantConfig(args.quant, _quant_params(args), args.kv_cache_dtype, _kv_cache_scales(args)),
             "speculative": SpeculativeConfig(args.speculative, args.max_draft_len), "tokenizer": args.tokenizer,
             "dummy_weights": args.dummy_weights}
 

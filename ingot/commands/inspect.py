@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**spec.to_json(), "rank_weights": files}, indent=2))
         return 0
-    for line in [*describe(spec, files), *describe_scales(Path(args.engine), spec)]:
+    for line in [*describe(spec, files), *describe_scales(Path(args.engine), spec),
+                 *describe_kv_scales(Path(args.engine), spec)]:
         print(line)
     return 0
 
@@ -53,6 +54,7 @@ def describe(spec, files: dict[str, dict]) -> list[str]:
         f"               rope theta {m.rope_theta:g} ({rope}), tied embeddings {m.tie_word_embeddings}, "
         f"qkv bias {m.qkv_bias}, qk norm {m.qk_norm}, sliding window {m.sliding_window}",
         f"precision      {spec.dtype} activations; quantization {_describe_quant(spec.quant)}",
+        describe_kv_cache(spec),
         f"envelope       max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, "
         f"max_seq_len {b.max_seq_len}, max_num_tokens {b.max_num_tokens}, tokens_per_block {b.tokens_per_block}",
         *describe_mapping(spec.mapping),
@@ -80,6 +82,35 @@ def describe_scales(directory: Path, spec) -> list[str]:
               f"{calibration['seq_len']} tokens" if calibration else
               f"read from the {imported} checkpoint" if imported else "no calibration")
     return [f"fp8 scales     {rank_file(0)} ({source}):", *scale_lines(scales)]
+
+
+def describe_kv_cache(spec) -> str:
+    """What the KV cache stores and what one token of it takes (K and V of every layer, all ranks)."""
+    m, width = spec.model, spec.kv_element_bytes
+    dtype = "fp8 (E4M3)" if spec.kv_dtype == "fp8" else spec.kv_dtype
+    per_token = 2 * m.num_layers * m.num_kv_heads * m.head_dim * width
+    return (f"kv cache       {dtype}: {per_token:,} bytes per token ({m.num_layers} layers x {m.num_kv_heads} KV "
+            f"heads x head_dim {m.head_dim} x K and V x {width} byte{'s' if width > 1 else ''})")
+
+
+def describe_kv_scales(directory: Path, spec) -> list[str]:
+    """An fp8 KV cache's per-layer scales, from the rank files that hold each layer."""
+    if not spec.quant.kv_cache_fp8:
+        return []
+    if not spec.quant.kv_cache_calibrates:
+        return ["kv scales      unit: 1.0 for K and V in every layer (--kv-cache-scales unit, not calibrated)"]
+    from safetensors import safe_open
+
+    from ingot.engine_format import rank_file
+    from ingot.quantization.kv_cache import kv_scale_lines
+
+    scales = {}
+    for rank in spec.mapping.ranks:
+        with safe_open(str(directory / rank_file(rank.rank)), framework="pt") as f:
+            scales.update({name: f.get_tensor(name) for name in f.keys() if name.endswith(".self_attn.kv_scale")})
+    calibration = spec.quant.kv_cache_calibration or {}
+    return [f"kv scales      calibrated on {calibration.get('source')}, {calibration.get('num_samples')} samples of "
+            f"{calibration.get('seq_len')} tokens (max |k| and |v| / 448):", *kv_scale_lines(scales)]
 
 
 def _describe_origin(spec) -> str:

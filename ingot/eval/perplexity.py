@@ -77,6 +77,14 @@ def summarize(nll_per_window: list[float], spans: list[Window], num_tokens: int,
 def engine_perplexity(llm, token_ids: list[int], window: int, stride: int, use_progress: bool | None = None,
                       ) -> Perplexity:
     """Score every window as one request (max_tokens 0, prompt_logprobs 0), all in flight together."""
+    spans, nll = engine_token_nll(llm, token_ids, window, stride, use_progress)
+    return summarize([sum(scored) for scored in nll], spans, len(token_ids), window, stride)
+
+
+def engine_token_nll(llm, token_ids: list[int], window: int, stride: int, use_progress: bool | None = None,
+                     ) -> tuple[list[Window], list[list[float]]]:
+    """(the windows, -log p of each token a window scores, in text order): what engine_perplexity
+    sums, kept per token so that two engines can be compared token by token (`paired_change`)."""
     from ingot.sampling_params import SamplingParams
 
     build = llm.engine.spec.build
@@ -90,5 +98,20 @@ def engine_perplexity(llm, token_ids: list[int], window: int, stride: int, use_p
     nll = []
     for w, out in zip(spans, outputs):
         scores = out.prompt_logprobs
-        nll.append(-sum(scores[i - w.begin][token_ids[i]] for i in range(w.first_scored, w.end)))
-    return summarize(nll, spans, len(token_ids), window, stride)
+        nll.append([-scores[i - w.begin][token_ids[i]] for i in range(w.first_scored, w.end)])
+    return spans, nll
+
+
+def paired_change(base: list[float], other: list[float]) -> tuple[float, float]:
+    """(perplexity of `other` over that of `base` - 1, its standard error), from the -log p each gave
+    the same tokens: with d_i = other_i - base_i over n tokens, the ratio is exp(mean d) and its
+    standard error exp(mean d) * std(d) / sqrt(n) (the paired comparison llama.cpp's perplexity tool
+    reports). It is how much the change could move on other text of the same kind; the rounding of
+    a quantized model adds a spread of its own, which one text and one build do not show."""
+    if len(base) != len(other) or len(base) < 2:
+        raise ValueError(f"paired_change needs the same tokens scored twice (>= 2): got {len(base)} and {len(other)}")
+    d = [o - b for b, o in zip(base, other)]
+    mean = sum(d) / len(d)
+    std = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    ratio = math.exp(mean)
+    return ratio - 1, ratio * std / math.sqrt(len(d))

@@ -15,6 +15,11 @@ exp2(-inf - m) = 0 rather than NaN.
 The KV pool is not initialised: slots past a sequence's length may hold NaN. Every load of
 such a position is masked to 0 (a 0 * NaN in p @ V would poison the row), so only written slots
 are ever read.
+
+FP8 cache (KV_FP8). Keys and values are stored as E4M3 with one scale each per layer; a tile is
+dequantized as it is loaded, x = (float32(q) * scale) rounded to the query's dtype, exactly what the
+torch reference reads (fp8_format.dequantize), and the softmax then runs as for a 16-bit cache.
+The scales are loaded once per program from the layer's (2,) float32 kv_scale = [k_scale, v_scale].
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import triton.language as tl
 from ingot.kernels._checks import (
     check_contiguous, check_dtype, check_last_dim_contiguous, check_same_device, check_shape, sig,
 )
-from ingot.kernels.kv_write import check_kv_cache
+from ingot.kernels.kv_write import check_kv_cache, check_kv_scale, kv_scale_sig
+from ingot.quantization.fp8_format import FP8_DTYPE
 
 M_INIT = tl.constexpr(-1.0e30)  # the running max before any key: finite, see above
 LOG2E = 1.4426950408889634  # host side: qk_scale = scale * LOG2E
@@ -64,6 +70,26 @@ def load_rows(ptr, rows_off, row_valid, d,
 
 
 @triton.jit
+def load_kv_scales(kv_scale_ptr, KV_FP8: tl.constexpr):
+    """(k_scale, v_scale) of an fp8 cache; unused otherwise."""
+    if KV_FP8:
+        return tl.load(kv_scale_ptr), tl.load(kv_scale_ptr + 1)
+    else:
+        return 1.0, 1.0
+
+
+@triton.jit
+def load_kv_rows(ptr, rows_off, row_valid, d, scale, like, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 MASK_ROWS: tl.constexpr, KV_FP8: tl.constexpr):
+    """A (rows, BLOCK_D) tile of keys or values in the dtype of `like` (the query tile): an fp8
+    cache's E4M3 values times the layer's scale, rounded to that dtype."""
+    x = load_rows(ptr, rows_off, row_valid, d, HEAD_DIM, BLOCK_D, MASK_ROWS)
+    if KV_FP8:
+        x = (x.to(tl.float32) * scale).to(like.dtype)
+    return x
+
+
+@triton.jit
 def store_rows(ptr, rows_off, row_valid, d, x, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Store a (rows, BLOCK_D) tile to the rows that are valid, cast to the pointer's dtype."""
     ptrs = ptr + rows_off[:, None] + d[None, :]
@@ -94,27 +120,29 @@ def softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, APPLY_MASK: tl.const
 
 @triton.jit
 def attend_masked_tile(acc, m_i, l_i, q, q_pos, n, end, bt_row, k_cache_ptr, v_cache_ptr, head_off, d,
-                       stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                       stride_c_blk, stride_c_tok, window, qk_scale, k_scale, v_scale,
+                       TOKENS_PER_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       HAS_WINDOW: tl.constexpr, KV_FP8: tl.constexpr):
     """Attend to the key tile at context positions n (BLOCK_N,) that may cross the causal
     diagonal, the context's end, or the sliding window's edge: every mask applied."""
     n_valid = n < end
     off = kv_row_offsets(bt_row, n, n_valid, stride_c_blk, stride_c_tok, TOKENS_PER_BLOCK, True) + head_off
-    k = load_rows(k_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
-    v = load_rows(v_cache_ptr, off, n_valid, d, HEAD_DIM, BLOCK_D, True)
+    k = load_kv_rows(k_cache_ptr, off, n_valid, d, k_scale, q, HEAD_DIM, BLOCK_D, True, KV_FP8)
+    v = load_kv_rows(v_cache_ptr, off, n_valid, d, v_scale, q, HEAD_DIM, BLOCK_D, True, KV_FP8)
     allowed = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
     if HAS_WINDOW:
         allowed = allowed & (n[None, :] > q_pos[:, None] - window)
     return softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, True)
 
 
-def check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables) -> None:
+def check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables, kv_scale=None) -> None:
     """Shapes, dtypes, strides and devices every paged-attention launcher relies on."""
-    _check_attention(sig(q), sig(kv_cache), sig(out), sig(query_start_loc), sig(seq_lens), sig(block_tables))
+    _check_attention(sig(q), sig(kv_cache), sig(out), sig(query_start_loc), sig(seq_lens), sig(block_tables),
+                     kv_scale_sig(kv_scale))
 
 
 @functools.lru_cache(maxsize=4096)
-def _check_attention(q, kv_cache, out, query_start_loc, seq_lens, block_tables) -> None:
+def _check_attention(q, kv_cache, out, query_start_loc, seq_lens, block_tables, kv_scale) -> None:
     check_shape(q, "q", (None, None, None))
     num_tokens, num_heads, head_dim = q.shape
     check_dtype(q, "q", (torch.float16, torch.bfloat16, torch.float32))
@@ -125,8 +153,9 @@ def _check_attention(q, kv_cache, out, query_start_loc, seq_lens, block_tables) 
         raise ValueError(f"q: {num_heads} heads is not a multiple of the cache's {num_kv_heads} KV heads")
     if not 0 < head_dim <= 256:
         raise ValueError(f"q: head_dim {head_dim} is not supported (1..256)")
-    if kv_cache.dtype != q.dtype:
-        raise ValueError(f"kv_cache: dtype {kv_cache.dtype} differs from q's {q.dtype}")
+    if kv_cache.dtype not in (q.dtype, FP8_DTYPE):
+        raise ValueError(f"kv_cache: dtype {kv_cache.dtype} differs from q's {q.dtype} (and is not fp8)")
+    check_kv_scale(kv_cache, kv_scale)
     check_shape(out, "out", (num_tokens, num_heads, head_dim))
     if out.dtype != q.dtype:
         raise ValueError(f"out: dtype {out.dtype} differs from q's {q.dtype}")

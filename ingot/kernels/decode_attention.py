@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ingot.kernels._checks import interpreting, next_pow2, num_sms
 from ingot.kernels.attention_common import (
-    LOG2E, M_INIT, attend_masked_tile, check_attention_args, load_rows, store_rows,
+    LOG2E, M_INIT, attend_masked_tile, check_attention_args, load_kv_scales, load_rows, store_rows,
 )
 
 MAX_QUERY_LEN = 8  # new tokens per sequence this kernel takes (decode, speculative verify)
@@ -37,14 +37,14 @@ MIN_TOKENS_PER_SPLIT = 128  # below this a split's fixed cost outweighs the para
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+    q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr, kv_scale_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h,
     stride_c_kv, stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
     qk_scale, seq_begin, max_query_len, window,
     GROUP: tl.constexpr, Q_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     local = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -76,6 +76,7 @@ def _decode_kernel(
 
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_cache_ptr, v_cache_ptr = cache_ptr, cache_ptr + stride_c_kv  # kv_cache[0], kv_cache[1]
+    k_scale, v_scale = load_kv_scales(kv_scale_ptr, KV_FP8)
     head_off = kv_head * stride_c_h
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
     m_i = tl.full((BLOCK_R,), M_INIT, dtype=tl.float32)
@@ -83,8 +84,8 @@ def _decode_kernel(
     for n0 in range(start, end, BLOCK_N):
         acc, m_i, l_i = attend_masked_tile(
             acc, m_i, l_i, q, q_pos, n0 + tl.arange(0, BLOCK_N), end, bt_row, k_cache_ptr, v_cache_ptr,
-            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK, HEAD_DIM, BLOCK_D,
-            HAS_WINDOW)
+            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, k_scale, v_scale, TOKENS_PER_BLOCK,
+            HEAD_DIM, BLOCK_D, HAS_WINDOW, KV_FP8)
 
     seen = l_i > 0  # false for rows whose keys all lie in other splits
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -156,9 +157,10 @@ def decode_attention(
     seq_begin: int = 0,
     num_seqs: int | None = None,
     num_splits: int | None = None,  # default: num_splits_for(..., block-table width in tokens)
+    kv_scale: torch.Tensor | None = None,  # (2,) float32 [k_scale, v_scale]: an fp8 cache's, else None
     **tiles,  # block_n, num_warps, num_stages: override _config (tests, benchmarks)
 ) -> torch.Tensor:
-    check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables)
+    check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables, kv_scale)
     num_seqs = seq_lens.shape[0] - seq_begin if num_seqs is None else num_seqs
     num_heads, head_dim, num_kv_heads = q.shape[1], q.shape[2], kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -181,13 +183,15 @@ def decode_attention(
         part_out = torch.empty((num_seqs, num_kv_heads, num_splits, rows, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_seqs, num_kv_heads, num_splits, rows), dtype=torch.float32, device=q.device)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, kv_cache, out, part_out, part_lse, block_tables, query_start_loc, seq_lens,
+        q, kv_cache, out, part_out, part_lse, kv_scale if kv_scale is not None else kv_cache,
+        block_tables, query_start_loc, seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         *kv_cache.stride()[:4], block_tables.stride(0),
         scale * LOG2E, seq_begin, max_query_len, sliding_window or 0,
         GROUP=group, Q_BLOCK=q_block, BLOCK_R=max(16, next_pow2(rows)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_N=cfg["block_n"], NUM_SPLITS=num_splits,
-        HAS_WINDOW=sliding_window is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_WINDOW=sliding_window is not None, KV_FP8=kv_scale is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
         _reduce_kernel[(num_seqs * q_block, num_heads)](

@@ -26,19 +26,20 @@ import triton.language as tl
 
 from ingot.kernels._checks import interpreting, next_pow2
 from ingot.kernels.attention_common import (
-    LOG2E, M_INIT, attend_masked_tile, check_attention_args, kv_row_offsets, load_rows, softmax_step, store_rows,
+    LOG2E, M_INIT, attend_masked_tile, check_attention_args, kv_row_offsets, load_kv_rows, load_kv_scales, load_rows,
+    softmax_step, store_rows,
 )
 
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, cache_ptr, out_ptr,
+    q_ptr, cache_ptr, out_ptr, kv_scale_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h,
     stride_c_kv, stride_c_blk, stride_c_tok, stride_c_h, stride_bt,
     qk_scale, seq_begin, min_query_len, window, num_m_tiles,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     tile = num_m_tiles - 1 - tl.program_id(0)
     head = tl.program_id(1)
@@ -60,6 +61,7 @@ def _prefill_kernel(
 
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_cache_ptr, v_cache_ptr = cache_ptr, cache_ptr + stride_c_kv  # kv_cache[0], kv_cache[1]
+    k_scale, v_scale = load_kv_scales(kv_scale_ptr, KV_FP8)
     head_off = (head // GROUP) * stride_c_h
     hi = tl.minimum(seq_len, first_q + BLOCK_M)
     if HAS_WINDOW:
@@ -74,15 +76,15 @@ def _prefill_kernel(
     for start in range(lo, diag, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         off = kv_row_offsets(bt_row, n, n < hi, stride_c_blk, stride_c_tok, TOKENS_PER_BLOCK, False) + head_off
-        k = load_rows(k_cache_ptr, off, n < hi, d, HEAD_DIM, BLOCK_D, False)
-        v = load_rows(v_cache_ptr, off, n < hi, d, HEAD_DIM, BLOCK_D, False)
+        k = load_kv_rows(k_cache_ptr, off, n < hi, d, k_scale, q, HEAD_DIM, BLOCK_D, False, KV_FP8)
+        v = load_kv_rows(v_cache_ptr, off, n < hi, d, v_scale, q, HEAD_DIM, BLOCK_D, False, KV_FP8)
         allowed = n[None, :] > q_pos[:, None] - window  # only the window's edge can mask here
         acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, allowed, qk_scale, HAS_WINDOW)
     for start in range(diag, hi, BLOCK_N):
         acc, m_i, l_i = attend_masked_tile(
             acc, m_i, l_i, q, q_pos, start + tl.arange(0, BLOCK_N), hi, bt_row, k_cache_ptr, v_cache_ptr,
-            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, TOKENS_PER_BLOCK, HEAD_DIM, BLOCK_D,
-            HAS_WINDOW)
+            head_off, d, stride_c_blk, stride_c_tok, window, qk_scale, k_scale, v_scale, TOKENS_PER_BLOCK,
+            HEAD_DIM, BLOCK_D, HAS_WINDOW, KV_FP8)
 
     # every valid row saw at least its own key (l_i > 0); rows past the chunk may not, and are not stored
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -113,9 +115,10 @@ def prefill_attention(
     seq_begin: int = 0,
     num_seqs: int | None = None,  # handle sequences [seq_begin, seq_begin + num_seqs)
     min_query_len: int = 0,  # skip sequences with fewer new tokens (the decode kernel has them)
+    kv_scale: torch.Tensor | None = None,  # (2,) float32 [k_scale, v_scale]: an fp8 cache's, else None
     **tiles,  # block_m, block_n, num_warps, num_stages: override _config (tests, benchmarks)
 ) -> torch.Tensor:
-    check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables)
+    check_attention_args(q, kv_cache, out, query_start_loc, seq_lens, block_tables, kv_scale)
     num_seqs = seq_lens.shape[0] - seq_begin if num_seqs is None else num_seqs
     head_dim, num_heads, num_kv_heads = q.shape[2], q.shape[1], kv_cache.shape[3]
     cfg = {**_config(head_dim), **tiles}
@@ -124,12 +127,13 @@ def prefill_attention(
         return out
     grid = (num_m_tiles, num_heads, num_seqs)
     _prefill_kernel[grid](
-        q, kv_cache, out, block_tables, query_start_loc, seq_lens,
+        q, kv_cache, out, kv_scale if kv_scale is not None else kv_cache, block_tables, query_start_loc, seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         *kv_cache.stride()[:4], block_tables.stride(0),
         scale * LOG2E, seq_begin, min_query_len, sliding_window or 0, num_m_tiles,
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)),
         TOKENS_PER_BLOCK=kv_cache.shape[2], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        HAS_WINDOW=sliding_window is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_WINDOW=sliding_window is not None, KV_FP8=kv_scale is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

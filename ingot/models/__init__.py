@@ -61,6 +61,6 @@ def create_model(spec, backend, rank: int = 0, device="meta", max_positions: int
     from ingot.layers.context import LayerContext
     from ingot.quantization import make_scheme
 
-    ctx = LayerContext(spec.mapping.ranks[rank], make_scheme(spec.quant))
+    ctx = LayerContext(spec.mapping.ranks[rank], make_scheme(spec.quant), spec.quant.kv_cache_dtype)
     with torch.device(device), default_dtype(torch_dtype(spec.dtype)):
         return model_class(spec.model.architecture)(spec.model, backend, max_positions or spec.build.max_seq_len, ctx)

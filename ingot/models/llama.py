@@ -13,6 +13,7 @@ Engine weight names (runtime layout, fused):
     layers.{i}.self_attn.{q_norm,k_norm}.weight   (Qwen3)
     layers.{i}.mlp.gate_up_proj.{weight,bias}     rows [gate | up]
     layers.{i}.mlp.down_proj.{weight,bias}
+    layers.{i}.self_attn.kv_scale                 (2,) float32 [k_scale, v_scale]: an fp8 KV cache's
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class LlamaAttention(nn.Module):
         self.rotary = rotary
         self.backend = backend
         self.scale = cfg.head_dim ** -0.5
+        if ctx.kv_cache_fp8:  # calibrated at build (ingot/quantization/kv_cache.py), the same on every rank
+            self.register_buffer("kv_scale", torch.ones(2, dtype=torch.float32))
+        else:
+            self.kv_scale = None
 
     def forward(self, positions, x, kv_cache, meta: AttentionMetadata):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -58,7 +63,7 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale, self.sliding_window)
+        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale, self.sliding_window, self.kv_scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

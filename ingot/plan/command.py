@@ -10,8 +10,11 @@ precisions.execution_on notes what a GPU lacks; a layout of several GPUs the par
 express gets no command at all. When an architecture lands in the registry or a flag in that
 parser, the planner prints it.
 
-    ingot build MODEL -o engines/NAME --dtype D [--quant Q [--calib-data ./calibration.txt]]
+    ingot build MODEL -o engines/NAME --dtype D [--quant Q] [--calib-data ./calibration.txt]
                 [--kv-cache-dtype K] [--tp T] [--pp P] [--ep E] --max-batch-size B --max-input-len I ...
+
+--calib-data appears when the quantization method or an fp8 KV cache (its per-layer scales)
+calibrates on a text.
 
 --tp, --pp and --ep appear only above 1, their default: a one-GPU command stays short.
 """
@@ -84,16 +87,20 @@ def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout
         return BuildCommand(None, (unbuildable,))
     flags = BuildFlags(build_parser())
     quant = flags.option("--quant", precision.quant) if precision.quant else []
-    calib = _calibration_words(flags, precision) if quant else []
     parallel, lacking = _parallel_words(flags, layout)
     if lacking:
         return BuildCommand(None, (_no_command_note(precision, layout, gpu, lacking, quant),))
     built = precision if quant or not precision.quant else PRECISIONS[precision.act_dtype]
     kv = flags.option("--kv-cache-dtype", kv_dtype) if kv_dtype != precision.act_dtype else []
     built_kv = kv_dtype if kv or kv_dtype == precision.act_dtype else precision.act_dtype
+    calibrating = [*([f"--quant {precision.quant} fits its scales to what each layer is fed on it"]
+                     if quant and precision.calibrates else []),
+                   *(["--kv-cache-dtype fp8 sets each layer's K and V scales from the largest it computes on it "
+                      "(--kv-cache-scales unit instead needs no text: scales of 1.0)"] if kv and kv_dtype == "fp8" else [])]
+    calib = _calibration_words(flags) if calibrating else []
     dtype, *envelope = _settings(precision, env)
     model, notes = _model_argument(shape)
-    notes += [_calibration_note(precision)] if calib else []
+    notes += [_calibration_note(calibrating)] if calib else []
     out = f"engines/{shape.name.lower()}-{built.name}-tp{layout.tp}pp{layout.pp}"
     words = ["ingot", "build", model, "-o", out, *flags.option(*dtype), *quant, *calib, *kv, *parallel,
              *(word for setting in envelope for word in flags.option(*setting))]
@@ -103,18 +110,19 @@ def build_command(shape: ModelShape, precision: Precision, kv_dtype: str, layout
     return BuildCommand(shlex.join(words), tuple(notes))
 
 
-def _calibration_words(flags: BuildFlags, precision: Precision) -> list[str]:
-    """--calib-data for a method that calibrates, when the parser takes it. Every printed command
-    reads a real checkpoint (the planner never prints --load-format dummy, under which `ingot
-    build` calibrates on random token ids), and on one such a method refuses to build without it."""
-    return flags.option("--calib-data", CALIB_FILE) if precision.calibrates else []
+def _calibration_words(flags: BuildFlags) -> list[str]:
+    """--calib-data, for a method or an fp8 KV cache that calibrates, when the parser takes it. Every
+    printed command reads a real checkpoint (the planner never prints --load-format dummy, under which
+    `ingot build` calibrates on random token ids), and on one such a build refuses to run without it."""
+    return flags.option("--calib-data", CALIB_FILE)
 
 
-def _calibration_note(precision: Precision) -> str:
-    """What --calib-data needs: the builder reads the first CALIB_SIZE windows of CALIB_SEQ_LEN tokens."""
+def _calibration_note(calibrating: list[str]) -> str:
+    """What --calib-data needs (`calibrating`: what each part that calibrates does with it): the builder
+    reads the first CALIB_SIZE windows of CALIB_SEQ_LEN tokens."""
     tokens = CALIB_SIZE * CALIB_SEQ_LEN
     return (f"put a few hundred kB of text like what the model will serve (its language, chat or code) in "
-            f"{CALIB_FILE} first: --quant {precision.quant} fits its scales to what each layer is fed on it; "
+            f"{CALIB_FILE} first: {'; '.join(calibrating)}; "
             f"the first part is read, {CALIB_SIZE} samples of {CALIB_SEQ_LEN} tokens by default ({tokens:,} "
             f"tokens, about {tokens * 4 // 1000} kB of English at ~4 characters a token; --calib-size, "
             "--calib-seq-len)")

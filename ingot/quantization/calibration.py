@@ -167,6 +167,24 @@ class QuantizeContext:
         model.rotary.reset_cache(self.device)
         return model.eval()
 
+    def engine_model(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The whole model (one rank) as the engine stores it, in its dtype and quantization (a KV cache
+        in the model dtype), on the build device, holding `weights`: the quantize stage's output."""
+        import dataclasses
+
+        from ingot.models import create_model
+        from ingot.parallel.mapping import ParallelMapping
+
+        spec = dataclasses.replace(self.spec, quant=dataclasses.replace(self.spec.quant, kv_cache_dtype="auto"),
+                                   mapping=ParallelMapping.build(self.spec.model))
+        model = create_model(spec, self._backend(), device=self.device)
+        model.load_state_dict(weights)
+        for module in model.modules():
+            if hasattr(module, "process_after_load"):
+                module.process_after_load()
+        model.rotary.reset_cache(self.device)
+        return model.eval()
+
     @staticmethod
     def _backend():
         return get_backend("torch")

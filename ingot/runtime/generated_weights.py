@@ -17,14 +17,19 @@ from ingot.errors import EngineError
 def generate_weights(model: torch.nn.Module, spec: EngineSpec, backend, rank: int, device: torch.device) -> None:
     from ingot.models import create_model
     from ingot.quantization import make_scheme
+    from ingot.quantization.kv_cache import add_kv_scales
     from ingot.random_weights import random_tensors
 
-    plain = dataclasses.replace(spec, quant=dataclasses.replace(spec.quant, method="none", params={}))
+    plain = dataclasses.replace(spec, quant=dataclasses.replace(spec.quant, method="none", params={},
+                                                                kv_cache_dtype="auto"))
     shapes = {name: tuple(t.shape) for name, t in create_model(plain, backend, rank).state_dict().items()}
     params = model.state_dict()
     filled = set()
     tensors = random_tensors(shapes, torch_dtype(spec.dtype), device, seed=spec.dummy_seed + rank)
-    for name, tensor in make_scheme(spec.quant).quantize(tensors):
+    stored = make_scheme(spec.quant).quantize(tensors)
+    if spec.quant.kv_cache_fp8:  # unit scales: the builder refuses calibrated ones for weights made at load
+        stored = add_kv_scales(stored, spec)
+    for name, tensor in stored:
         if name not in params or params[name].shape != tensor.shape or params[name].dtype != tensor.dtype:
             raise EngineError(f"generated weight {name} {tuple(tensor.shape)} {tensor.dtype} does not fit the "
                               "model; rebuild the engine with this ingot")

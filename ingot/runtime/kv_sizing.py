@@ -21,6 +21,12 @@ class PoolPlan:
     tokens_per_block: int
     bytes_per_block: int
     max_seq_len: int
+    kv_dtype: str = "fp32"  # what the pool stores: the engine's dtype, or "fp8" (E4M3, --kv-cache-dtype fp8)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V of one token in every layer of this rank."""
+        return self.bytes_per_block // self.tokens_per_block
 
     @property
     def num_tokens(self) -> int:
@@ -32,13 +38,14 @@ class PoolPlan:
         return (self.num_blocks - 1) / blocks_needed(self.max_seq_len, self.tokens_per_block)
 
     def with_blocks(self, num_blocks: int) -> "PoolPlan":
-        return PoolPlan(num_blocks, self.tokens_per_block, self.bytes_per_block, self.max_seq_len)
+        return PoolPlan(num_blocks, self.tokens_per_block, self.bytes_per_block, self.max_seq_len, self.kv_dtype)
 
     def describe(self) -> str:
         gib = self.num_blocks * self.bytes_per_block / 2**30
+        dtype = "fp8 (E4M3, per-layer scales)" if self.kv_dtype == "fp8" else self.kv_dtype
         return (f"KV cache: {self.num_blocks - 1} blocks x {self.tokens_per_block} tokens = {self.num_tokens} "
-                f"tokens ({gib:.2f} GiB); max concurrency at max_seq_len={self.max_seq_len}: "
-                f"{self.max_concurrency:.1f} sequences")
+                f"tokens ({gib:.2f} GiB) in {dtype}, {self.bytes_per_token:,} bytes per token; max concurrency "
+                f"at max_seq_len={self.max_seq_len}: {self.max_concurrency:.1f} sequences")
 
 
 def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device, num_layers: int | None = None,
@@ -46,7 +53,7 @@ def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device, num_la
     """The pool of one rank: its layers and KV heads (default: the whole model's)."""
     cfg, build = spec.model, spec.build
     per_block = kv_bytes_per_block(num_layers or cfg.num_layers, num_kv_heads or cfg.num_kv_heads, cfg.head_dim,
-                                   DTYPE_BYTES[spec.dtype], build.tokens_per_block)
+                                   spec.kv_element_bytes, build.tokens_per_block)
     budget = _device_budget(spec, cache, device) if device.type == "cuda" else (
         cache.max_cache_bytes or DEFAULT_CPU_CACHE_BYTES)
     per_seq = blocks_needed(build.max_seq_len, build.tokens_per_block)
@@ -57,7 +64,7 @@ def plan_pool(spec: EngineSpec, cache: CacheConfig, device: torch.device, num_la
             f"KV cache: {budget / 2**20:.1f} MiB holds {max(num_blocks - 1, 0)} blocks, fewer than the {per_seq} one "
             f"sequence of max_seq_len={build.max_seq_len} needs ({(per_seq + 1) * per_block / 2**20:.1f} MiB); "
             "raise the cache memory (max_cache_bytes / gpu_memory_fraction) or rebuild with a smaller --max-seq-len")
-    return PoolPlan(num_blocks, build.tokens_per_block, per_block, build.max_seq_len)
+    return PoolPlan(num_blocks, build.tokens_per_block, per_block, build.max_seq_len, spec.kv_dtype)
 
 
 def activation_reserve(spec: EngineSpec) -> int:

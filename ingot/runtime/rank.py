@@ -17,7 +17,7 @@ import torch
 
 from ingot.attention import AttentionBackend
 from ingot.config import CacheConfig
-from ingot.engine_format import EngineSpec
+from ingot.engine_format import EngineSpec, torch_dtype
 from ingot.parallel.mapping import kv_heads_per_rank
 from ingot.runtime.cuda_graphs import StepGraphs
 from ingot.runtime.kv_cache import KVCachePool, blocks_needed
@@ -48,9 +48,8 @@ def set_up_rank(engine_dir: str | Path, backend: AttentionBackend, device: str |
     pool_plan = pool_plan.with_blocks(agree_min(pool_plan.num_blocks))
     if rank == 0:
         logger.info("%s", pool_plan.describe())
-    dtype = next(model.parameters()).dtype
     pool = KVCachePool(len(layout.layer_ids), pool_plan.num_blocks, build.tokens_per_block, num_kv_heads,
-                       cfg.head_dim, dtype, device)
+                       cfg.head_dim, torch_dtype(spec.kv_dtype), device)
     graphs = None
     # One rank only: capturing the all-reduces of tensor parallelism (torch.distributed NCCL) in the
     # graphs hung on two H200s (2026-11-30) and is not used until it is made to work and tested there.

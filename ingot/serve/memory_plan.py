@@ -84,7 +84,6 @@ class Footprint:
 
 def demand(key: str, engine_dir: Path, kv: KVRequest, budget: DeviceBudget) -> Demand:
     """Read the engine's spec and weight files for what it will take."""
-    from ingot.config import DTYPE_BYTES
     from ingot.engine_format import rank_file, read_spec
     from ingot.kv_size import kv_bytes_per_block
     from ingot.parallel.mapping import kv_heads_per_rank
@@ -94,7 +93,7 @@ def demand(key: str, engine_dir: Path, kv: KVRequest, budget: DeviceBudget) -> D
     spec = read_spec(engine_dir)
     cfg, build = spec.model, spec.build
     per_block = max(kv_bytes_per_block(len(r.layer_ids), kv_heads_per_rank(cfg.num_kv_heads, r.tp_size),
-                                       cfg.head_dim, DTYPE_BYTES[spec.dtype], build.tokens_per_block)
+                                       cfg.head_dim, spec.kv_element_bytes, build.tokens_per_block)
                     for r in spec.mapping.ranks)
     try:
         weights = [(engine_dir / rank_file(r.rank)).stat().st_size for r in spec.mapping.ranks]

@@ -7,15 +7,17 @@ import torch
 
 from ingot.attention.metadata import AttentionMetadata
 from ingot.attention.torch_ref import TorchAttentionBackend
+from ingot.quantization.fp8_format import FP8_DTYPE, quantize
 
 
 def make_batch(seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int, head_dim: int,
                tokens_per_block: int, dtype: torch.dtype, device: str = "cpu", seed: int = 0,
-               spare_blocks: int = 3, num_blocks: int | None = None):
+               spare_blocks: int = 3, num_blocks: int | None = None, kv_scale: torch.Tensor | None = None):
     """seqs: (cached_len, query_len) per sequence; num_blocks: the pool size (default: just enough).
 
     Returns q, k, v (new tokens), kv_cache holding the cached prefixes at shuffled block ids and
-    NaN in every slot nothing wrote (as an uninitialised pool may), and the metadata.
+    NaN in every slot nothing wrote (as an uninitialised pool may), and the metadata. With kv_scale
+    ((2,) float32 [k_scale, v_scale]) the cache is fp8, its prefixes quantized with those scales.
     """
     g = torch.Generator().manual_seed(seed)  # host: block ids
     gd = torch.Generator(device=device).manual_seed(seed)  # device: values
@@ -48,13 +50,17 @@ def make_batch(seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int, h
         query_start_loc_cpu=starts, seq_lens_cpu=lens,
         max_query_len=max(n for _, n in seqs), max_seq_len=max(lens),
     )
-    return q.to(dtype), k.to(dtype), v.to(dtype), cache.to(dtype), meta
+    if kv_scale is not None:
+        cache = torch.stack([quantize(cache[0], kv_scale[0].to(device)), quantize(cache[1], kv_scale[1].to(device))])
+    return q.to(dtype), k.to(dtype), v.to(dtype), cache.to(FP8_DTYPE if kv_scale is not None else dtype), meta
 
 
-def reference(q, k, v, kv_cache, meta, scale, sliding_window):
-    """The torch backend in fp32 on copies: (output (T, H, D) fp32, cache after the write)."""
-    cache = kv_cache.float().clone()
-    out = TorchAttentionBackend().forward(q.float(), k.float(), v.float(), cache, meta, scale, sliding_window)
+def reference(q, k, v, kv_cache, meta, scale, sliding_window, kv_scale=None):
+    """The torch backend in fp32 on copies: (output (T, H, D) fp32, cache after the write). An fp8
+    cache stays fp8 (the reference rounds K and V through E4M3 with kv_scale as it writes them)."""
+    cache = kv_cache.clone() if kv_cache.dtype == FP8_DTYPE else kv_cache.float().clone()
+    out = TorchAttentionBackend().forward(q.float(), k.float(), v.float(), cache, meta, scale, sliding_window,
+                                          kv_scale)
     return out, cache
 
 

@@ -1,8 +1,8 @@
 """Every `ingot build` command the planner prints parses with the real `ingot build` parser,
 and what that parser lacks becomes a note, not a flag; a model whose architecture `ingot build`
-does not build gets a note and no command (ingot/plan/command.py). The real parser has --tp, --pp
-and --quant (INT4 only), but not yet --kv-cache-dtype or --ep; a faked future parser adds what it
-lacks."""
+does not build gets a note and no command (ingot/plan/command.py). The real parser has --tp, --pp,
+--quant (INT4 and FP8) and --kv-cache-dtype (auto, fp8), but not yet --ep; a faked future parser adds
+what it lacks."""
 
 from __future__ import annotations
 
@@ -156,10 +156,22 @@ def test_the_fallback_says_when_bf16_weights_do_not_fit():
     assert any("does not fit TP1 PP1" in n for n in rec["build_notes"])
 
 
-def test_fp8_kv_cache_is_omitted_with_a_note():
+def test_fp8_kv_cache_is_printed_with_its_calibration_text():
+    """--kv-cache-dtype fp8 calibrates its scales on a text by default: the command names one."""
     rec = make_plan("llama-3.1-8b", "h100", "bf16", kv_cache_dtype="fp8", num_gpus=1)["recommendation"]
-    assert "--kv-cache-dtype" not in rec["build_command"]
-    assert any("no `--kv-cache-dtype fp8` yet, so the KV cache is stored in the activation dtype, bf16" in n
+    assert " --dtype bf16 --calib-data ./calibration.txt --kv-cache-dtype fp8 --max-batch-size " in rec["build_command"]
+    args = _parse(rec["build_command"], make_build_parser())
+    assert (args.kv_cache_dtype, args.kv_cache_scales, args.calib_data) == ("fp8", None, "./calibration.txt")
+    [note] = _calibration_notes(rec)
+    assert "--kv-cache-dtype fp8 sets each layer's K and V scales" in note and "--kv-cache-scales unit" in note
+    assert not any("yet" in n for n in rec["build_notes"]), rec["build_notes"]
+
+
+def test_int8_kv_cache_is_omitted_with_a_note():
+    """A100 has no FP8: the plan stores KV as int8, which `ingot build` does not offer."""
+    rec = make_plan("llama-3.1-8b", "a100-80gb", "bf16", kv_cache_dtype="fp8", num_gpus=1)["recommendation"]
+    assert "--kv-cache-dtype" not in rec["build_command"] and "--calib" not in rec["build_command"]
+    assert any("no `--kv-cache-dtype int8` yet, so the KV cache is stored in the activation dtype, bf16" in n
                for n in rec["build_notes"])
 
 
@@ -208,7 +220,8 @@ def test_a_parser_with_the_flags_gets_them(monkeypatch):
     _future_build(monkeypatch)
     rec = make_plan("llama-3.1-70b", "h100", "fp8", kv_cache_dtype="fp8", isl=8192, osl=2048,
                     concurrency=64)["recommendation"]
-    assert "--dtype bf16 --quant fp8 --kv-cache-dtype fp8 --tp 4 --max-batch-size" in rec["build_command"]
+    assert "--dtype bf16 --quant fp8 --calib-data ./calibration.txt --kv-cache-dtype fp8 --tp 4 --max-batch-size" \
+        in rec["build_command"]
     args = _parse(rec["build_command"], _future_parser())
     assert (args.quant, args.tp, args.pp) == ("fp8", 4, 1)
     assert [n for n in rec["build_notes"] if "yet" in n] == []  # only the download note is left

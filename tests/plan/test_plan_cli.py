@@ -83,12 +83,13 @@ def test_build_command_flags_parse_back(capsys):
     words = shlex.split(rec["build_command"])
     flags = dict(zip(words[3::2], words[4::2], strict=True))  # after `ingot build MODEL`
     assert words[:3] == ["ingot", "build", "./Qwen2.5-72B-Instruct"]  # a local folder, not the hub id
-    # `ingot build` has --quant int4_awq, which calibrates on a text; not yet --kv-cache-dtype.
-    assert (flags["--quant"], flags["--calib-data"]) == ("int4_awq", "./calibration.txt")
-    assert "--kv-cache-dtype" not in flags and "--tp" not in flags
+    # `ingot build` has --quant int4_awq and --kv-cache-dtype fp8, which both calibrate on a text
+    assert (flags["--quant"], flags["--calib-data"], flags["--kv-cache-dtype"]) == ("int4_awq", "./calibration.txt",
+                                                                                    "fp8")
+    assert "--tp" not in flags
     notes = "\n".join(rec["build_notes"])
-    assert "no `--quant int4_awq` yet" not in notes
-    assert "no `--kv-cache-dtype fp8` yet" in notes and "in ./calibration.txt first" in notes
+    assert "yet" not in notes and "in ./calibration.txt first" in notes
+    assert "--quant int4_awq fits its scales" in notes and "--kv-cache-dtype fp8 sets each layer's K and V" in notes
     build = BuildConfig(dtype=flags["--dtype"], max_batch_size=int(flags["--max-batch-size"]),
                         max_input_len=int(flags["--max-input-len"]), max_seq_len=int(flags["--max-seq-len"]),
                         max_num_tokens=int(flags["--max-num-tokens"]))

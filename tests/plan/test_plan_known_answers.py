@@ -109,9 +109,9 @@ def test_fp8_kv_cache_halves_kv():
     fp8 = make_plan("llama-3.1-8b", "h100", "bf16", kv_cache_dtype="fp8", num_gpus=1)
     assert fp8["model"]["kv_bytes_per_token"] * 2 == bf16["model"]["kv_bytes_per_token"]
     assert fp8["layouts"][0]["kv_tokens"] == pytest.approx(2 * bf16["layouts"][0]["kv_tokens"], rel=0.01)
-    # ingot build has no --kv-cache-dtype yet: the printed engine stores bf16 KV, and says so.
-    assert "--kv-cache-dtype" not in fp8["recommendation"]["build_command"]
-    assert any("--kv-cache-dtype fp8" in n for n in fp8["recommendation"]["build_notes"])
+    # the printed engine stores fp8 KV (its scales calibrated on a text the command names)
+    assert "--calib-data ./calibration.txt --kv-cache-dtype fp8" in fp8["recommendation"]["build_command"]
+    assert not any("yet" in n for n in fp8["recommendation"]["build_notes"])
 
 
 def test_decode_floor_is_weights_over_bandwidth():

@@ -65,3 +65,28 @@ def test_planned_weights_match_the_built_engine(tmp_path, monkeypatch, precision
     assert abs(planned - built) <= 0.01 * built, (planned, built)
     matrices = sum(t.numel() * t.element_size() for t in load_file(rank_file).values() if t.dim() == 2)
     assert matrices == planned  # qweight, scales, zeros (or bf16 or fp8 weights, fp8 scales), embedding, lm_head
+
+
+def test_planned_fp8_kv_cache_matches_the_built_engine(tmp_path, monkeypatch):
+    """--kv-cache-dtype fp8: the printed command builds (its scales calibrated, here on random
+    tokens of the dummy weights) an engine whose pool takes the planned bytes per token, half bf16's."""
+    import torch
+
+    from ingot.config import CacheConfig
+    from ingot.engine_format import read_spec
+    from ingot.runtime.kv_sizing import plan_pool
+
+    checkpoint = tmp_path / "tiny-llama"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps(TINY_LLAMA))
+    plan = make_plan(model=str(checkpoint / "config.json"), gpu="h100", precision="bf16", kv_cache_dtype="fp8",
+                     isl=64, osl=64, concurrency=4, num_gpus=1)
+    monkeypatch.chdir(tmp_path)
+    words = shlex.split(plan["recommendation"]["build_command"])
+    args = make_build_parser().parse_args(words[2:] + TEST_FLAGS)
+    assert (args.kv_cache_dtype, args.calib_data) == ("fp8", "./calibration.txt")
+    assert ingot_build(args) == 0
+    spec = read_spec(tmp_path / args.output)
+    assert spec.kv_dtype == "fp8" and spec.quant.kv_cache_calibration["num_samples"] == 2
+    pool = plan_pool(spec, CacheConfig(), torch.device("cpu"))
+    assert pool.bytes_per_token == plan["model"]["kv_bytes_per_token"] == 2 * 4 * 2 * 64 * 1
